@@ -1,0 +1,1 @@
+"""The HTTP proxy: composes `pricing` and `policies` behind OpenAI- and Anthropic-compatible endpoints."""

@@ -1,0 +1,112 @@
+"""create_app: builds every service in the lifespan and keeps it on `app.state` (no module globals)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from pricing.catalog import Catalog
+from pricing.tokens import TokenCounter
+from proxy.auth import KeyRing
+from proxy.errors import MethodNotAllowed, NotFound, ProxyError, error_response, family_for_path
+from proxy.routes import anthropic, api, health, openai
+from proxy.routing import Router, check_prices
+from proxy.services import Services
+from proxy.settings import ConfigError, Settings
+from proxy.store.db import Store
+from proxy.store.journal import Journal
+from proxy.store.writer import UsageWriter
+from proxy.upstreams.http import HttpUpstream
+from proxy.upstreams.mock import MockUpstream
+from proxy.upstreams.translated import TranslatedUpstream
+
+log = logging.getLogger(__name__)
+
+
+def load_catalog(settings: Settings, source: str = "config.yaml") -> Catalog:
+    """The price catalog with overrides; every fixed model route must be priced (or unpriced: allow)."""
+    catalog = Catalog.load(settings.pricing.overrides)
+    allow = settings.pricing.unpriced == "allow"
+    problems = check_prices(settings.models, catalog, allow_unpriced=allow)
+    if problems:
+        raise ConfigError([f"{source}: {p}" for p in problems])
+    return catalog
+
+
+@contextlib.asynccontextmanager
+async def _services(settings: Settings, catalog: Catalog) -> AsyncIterator[Services]:
+    server = settings.server
+    async with contextlib.AsyncExitStack() as stack:
+        # Closed in reverse order: the writer flushes everything journaled into SQL before the store closes.
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                        skip_auto_headers=("User-Agent",))
+        stack.push_async_callback(session.close)
+        store = await Store.open(settings.store)
+        stack.push_async_callback(store.close)
+        journal = Journal(settings.store.effective_journal_path, fsync=settings.store.fsync)
+        stack.push_async_callback(journal.close)
+        writer = UsageWriter(store, journal, batch_max=settings.store.batch_max,
+                             flush_interval=settings.store.flush_interval_ms / 1000)
+        await writer.start()
+        stack.push_async_callback(writer.close)
+        counter = TokenCounter()
+        # Load the encodings now, off the event loop, so the first call does not pay for it.
+        await asyncio.to_thread(counter.count_text, "warm up", "gpt-4o")
+        await asyncio.to_thread(counter.count_text, "warm up", "gpt-4")
+        yield Services(
+            settings=settings, keys=KeyRing(settings.keys),
+            router=Router(settings.models, catalog, allow_unpriced=settings.pricing.unpriced == "allow"),
+            catalog=catalog, counter=counter, store=store, writer=writer,
+            http=HttpUpstream(session, connect_timeout=server.upstream_connect_timeout_s,
+                              read_timeout=server.upstream_read_timeout_s),
+            mock=MockUpstream(counter), translated=TranslatedUpstream(),
+        )
+
+
+def create_app(settings: Settings, *, catalog: Catalog | None = None) -> Starlette:
+    catalog = catalog or load_catalog(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with _services(settings, catalog) as services:
+            app.state.services = services
+            log.info("spendgate ready", extra={"models": len(settings.models), "keys": len(settings.keys),
+                                               "store": settings.store.redacted_url})
+            try:
+                yield
+            finally:
+                services.draining = True
+
+    app = Starlette(routes=[*openai.routes, *anthropic.routes, *api.routes, *health.routes], lifespan=lifespan,
+                    exception_handlers={HTTPException: _http_error, Exception: _unexpected})
+    return app
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    family = family_for_path(request.url.path)
+    err: ProxyError
+    if exc.status_code == 405:
+        err = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+    elif exc.status_code == 404:
+        err = NotFound(f"no route {request.method} {request.url.path}")
+    else:
+        err = ProxyError(str(exc.detail))
+        err.status = exc.status_code
+    return error_response(err, family)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    # Never a traceback in the answer; the log line goes through the redacting sink.
+    log.error("unexpected error", exc_info=exc, extra={"path": request.url.path})
+    return error_response(ProxyError("spendgate hit an unexpected error; it has been logged"),
+                          family_for_path(request.url.path))

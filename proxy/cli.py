@@ -1,0 +1,104 @@
+"""The `spendgate` command: serve, check-config, hash-key, keys new."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from proxy.settings import ConfigError, Settings, load_settings
+
+DEFAULT_CONFIG = "config.yaml"
+
+
+def _config_path(arg: str | None) -> Path:
+    return Path(arg or os.environ.get("SPENDGATE_CONFIG") or DEFAULT_CONFIG)
+
+
+def _load(path: Path) -> Settings:
+    from proxy.app import load_catalog
+
+    settings = load_settings(path)
+    load_catalog(settings, str(path))
+    return settings
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = _config_path(args.config)
+    try:
+        settings = _load(path)
+    except ConfigError as exc:
+        print("\n".join(exc.lines), file=sys.stderr)
+        return 1
+    print(f"{path}: ok ({len(settings.models)} models, {len(settings.keys)} keys)")
+    return 0
+
+
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    from proxy.auth import hash_key
+
+    key = args.key if args.key != "-" else sys.stdin.readline().strip()
+    print(hash_key(key))
+    return 0
+
+
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    from proxy.auth import hash_key, new_key
+
+    key = new_key()
+    print(f"key:        {key}\nkey_sha256: {hash_key(key)}")
+    print("Put only key_sha256 in config.yaml; hand the key to its user. It is not stored anywhere.",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from proxy import logs
+    from proxy.app import create_app
+
+    path = _config_path(args.config)
+    try:
+        settings = _load(path)
+    except ConfigError as exc:
+        print("\n".join(exc.lines), file=sys.stderr)
+        return 1
+    secrets = [m.api_key.get_secret_value() for m in settings.models if m.api_key is not None]
+    logs.configure(settings.server.log_level, secrets)
+    app = create_app(settings)
+    uvicorn.run(app, host=args.host or settings.server.host, port=args.port or settings.server.port,
+                log_config=None, access_log=False, server_header=False, timeout_graceful_shutdown=30,
+                h11_max_incomplete_event_size=settings.server.max_header_bytes)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spendgate", description="LLM proxy with metering and budgets")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", help="config file (default: $SPENDGATE_CONFIG or ./config.yaml)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+    check = sub.add_parser("check-config", help="validate the config file and exit")
+    check.add_argument("--config")
+    check.set_defaults(func=cmd_check_config)
+    hk = sub.add_parser("hash-key", help="print the sha256 of a virtual key for config.yaml")
+    hk.add_argument("key", help="the key, or - to read it from standard input")
+    hk.set_defaults(func=cmd_hash_key)
+    keys = sub.add_parser("keys", help="virtual key tools")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    kn = keys_sub.add_parser("new", help="generate a high-entropy key and its hash")
+    kn.set_defaults(func=cmd_keys_new)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

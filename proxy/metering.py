@@ -1,0 +1,145 @@
+"""Reads usage out of a relayed response without rebuilding it, and estimates it when the provider is silent."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from pricing.tokens import TokenCounter
+from pricing.usage import Usage
+from proxy.sse import EventSplitter, iter_events
+from proxy.upstreams import anthropic as anthropic_wire
+from proxy.upstreams import openai as openai_wire
+
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def usage_from_json(body: bytes, anthropic: bool) -> Usage | None:
+    """Usage of a non-streamed response body (None when the provider did not report any)."""
+    parsed = _loads(body)
+    wire = anthropic_wire if anthropic else openai_wire
+    return wire.usage_from_body(parsed)
+
+
+class StreamMeter:
+    """Watches a relayed SSE stream: takes the usage event(s), drops the usage chunk the client did not ask
+    for, and keeps the raw events so that a stream ending without usage can still be estimated.
+
+    `feed()` returns the bytes to send to the client: whole events only.
+    """
+
+    def __init__(self, *, anthropic: bool, strip_usage_chunk: bool) -> None:
+        self._wire = anthropic_wire if anthropic else openai_wire
+        self._anthropic = anthropic
+        self._strip = strip_usage_chunk
+        self._splitter = EventSplitter()
+        self._events: list[bytes] = []
+        self.fields: dict[str, int] = {}
+        self.usage_final = False
+        self.finished = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        block = self._splitter.feed(chunk)
+        if not block:
+            return b""
+        self._events.append(block)
+        if not self.finished and self._terminal_in(block):
+            self.finished = True
+        if not _USAGE.search(block):
+            return block
+        out: list[bytes] = []
+        for raw, name, data in iter_events(block):
+            if _USAGE.search(data):
+                event = _loads(data)
+                found = self._wire.usage_from_event(event)
+                if found:
+                    self.fields.update(found)
+                    if not self._anthropic or (isinstance(event, dict) and event.get("type") == "message_delta"):
+                        self.usage_final = True
+                if self._strip and openai_wire.is_usage_only(event):
+                    continue
+            out.append(raw)
+        return b"".join(out)
+
+    def _terminal_in(self, block: bytes) -> bool:
+        if self._anthropic:
+            return b"message_stop" in block
+        return b"[DONE]" in block or b"response.completed" in block or b"response.failed" in block \
+            or b"response.incomplete" in block
+
+    def tail(self) -> bytes:
+        return self._splitter.tail()
+
+    @property
+    def usage(self) -> Usage | None:
+        """The provider's usage, when it reported a complete one."""
+        if not self.usage_final:
+            return None
+        return Usage(**self.fields)
+
+    def generated_text(self) -> str:
+        """Every generated token the stream carried (only computed on the rare estimation path)."""
+        parts: list[str] = []
+        for block in self._events:
+            for _raw, _name, data in iter_events(block):
+                if data and data != b"[DONE]":
+                    parts.append(self._wire.text_from_event(_loads(data)))
+        return "".join(parts)
+
+
+def estimate_usage(
+    counter: TokenCounter, *, endpoint: str, body: dict[str, Any], model: str, generated: str,
+    reported: dict[str, int] | None = None,
+) -> Usage:
+    """Usage counted with tiktoken when the provider did not report it (stream cut, client gone).
+
+    Whatever the provider did report (Anthropic's input side arrives in message_start) is kept.
+    """
+    reported = reported or {}
+    input_tokens = reported.get("input_tokens") or counter.count_request(endpoint, body, model)
+    output_tokens = max(reported.get("output_tokens", 0), counter.count_text(generated, model) if generated else 0)
+    return Usage(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cached_input_tokens=reported.get("cached_input_tokens", 0),
+        cache_write_tokens=reported.get("cache_write_tokens", 0),
+    )
+
+
+def generated_text_from_json(body: bytes, anthropic: bool) -> str:
+    """The generated text of a non-streamed response (to estimate when the provider reported no usage)."""
+    parsed = _loads(body)
+    if not isinstance(parsed, dict):
+        return ""
+    parts: list[str] = []
+    if anthropic:
+        for block in parsed.get("content") or ():
+            if isinstance(block, dict):
+                value = block.get("text") or block.get("thinking")
+                parts.append(value if isinstance(value, str) else orjson.dumps(block.get("input", "")).decode())
+        return "".join(parts)
+    for choice in parsed.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get("message") or {}
+        for value in (choice.get("text"), message.get("content"), message.get("reasoning_content")):
+            if isinstance(value, str):
+                parts.append(value)
+        for call in message.get("tool_calls") or ():
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                parts.append(fn["arguments"])
+    for item in parsed.get("output") or ():  # Responses API
+        for part in (item.get("content") or ()) if isinstance(item, dict) else ():
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+    return "".join(parts)

@@ -1,0 +1,178 @@
+"""One proxied call end to end: authenticate, attribute, route, forward, relay, meter, price, record."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from policies.attribution import Attribution
+from pricing.cost import cost_nano
+from pricing.money import format_usd
+from pricing.usage import Usage
+from proxy.attribution import attribute
+from proxy.errors import ProxyError, ServiceUnavailable, error_response
+from proxy.metering import estimate_usage, generated_text_from_json, usage_from_json
+from proxy.requests import check_body, forwarded_headers, parse_json_object, read_body
+from proxy.services import Services
+from proxy.store.records import CallRecord
+from proxy.streaming import MeteredStream
+from proxy.upstreams.base import ANTHROPIC_ENDPOINTS, ENDPOINT_PATHS, Deployment, Endpoint, UpstreamRequest
+
+log = logging.getLogger(__name__)
+
+# Endpoints where a stream carries usage only when asked with stream_options.include_usage.
+_ASK_FOR_USAGE = frozenset({"chat", "completions"})
+
+
+def new_request_id() -> str:
+    return "sg-" + uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class Call:
+    """The state of one call while it is in flight; `record()` turns it into the stored row."""
+
+    services: Services
+    endpoint: Endpoint
+    request_id: str
+    started_at: datetime
+    attribution: Attribution
+    deployment: Deployment
+    body: dict[str, Any]
+    stream: bool
+    client_wants_usage: bool = False
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def anthropic(self) -> bool:
+        return self.endpoint in ANTHROPIC_ENDPOINTS
+
+    def cost(self, usage: Usage) -> int:
+        price = self.deployment.price
+        return cost_nano(usage, price) if price is not None else 0
+
+    def estimate(self, generated: str, reported: dict[str, int] | None = None) -> Usage:
+        return estimate_usage(self.services.counter, endpoint=self.endpoint, body=self.body,
+                              model=self.deployment.upstream_model, generated=generated, reported=reported)
+
+    def row(self, *, status: str, http_status: int, usage: Usage | None, source: str,
+            error: str | None = None) -> CallRecord:
+        usage = usage or Usage()
+        a = self.attribution
+        price = self.deployment.price
+        return CallRecord(
+            request_id=self.request_id, started_at=self.started_at, ended_at=datetime.now(UTC),
+            status=status, http_status=http_status, org=a.org, endpoint=ENDPOINT_PATHS[self.endpoint],
+            provider=self.deployment.provider, model=self.deployment.requested,
+            upstream_model=self.deployment.upstream_model, project=a.project, agent=a.agent,
+            station=a.station, run=a.run, issue=a.issue, actor=a.actor, retry_of=a.retry_of, key_name=a.key,
+            input_tokens=usage.input_tokens, cached_input_tokens=usage.cached_input_tokens,
+            cache_write_tokens=usage.cache_write_tokens, output_tokens=usage.output_tokens,
+            reasoning_tokens=usage.reasoning_tokens, cost_nano=self.cost(usage), usage_source=source,
+            stream=self.stream, catalog_version=self.services.catalog.version if price else "unpriced",
+            error=error,
+        )
+
+    async def record(self, row: CallRecord) -> None:
+        # Shielded: a cancelled request task must still get its row into the journal.
+        await asyncio.shield(self.services.writer.record(row))
+
+
+async def handle(request: Request, endpoint: Endpoint) -> Response:
+    services: Services = request.app.state.services
+    request_id = new_request_id()
+    family = "anthropic" if endpoint in ANTHROPIC_ENDPOINTS else "openai"
+    try:
+        call, raw = await _admit(services, request, endpoint, request_id)
+    except ProxyError as err:
+        return error_response(err, family, request_id)
+    return await _forward(call, raw, request.query_params, request.headers, family)
+
+
+async def _admit(services: Services, request: Request, endpoint: Endpoint,
+                 request_id: str) -> tuple[Call, bytes]:
+    if services.draining:
+        raise ServiceUnavailable("spendgate is shutting down; retry against another replica")
+    started = datetime.now(UTC)
+    headers = request.headers
+    principal = services.keys.authenticate(headers)
+    raw = await read_body(request, services.settings.server.max_body_bytes)
+    body = parse_json_object(raw)
+    check_body(endpoint, body)
+    attribution, changed = attribute(principal, headers, body)
+    deployment = services.router.resolve(body["model"])
+    services.upstream_for(deployment, endpoint)  # refuses endpoint/provider pairs it cannot serve, early
+    stream = body.get("stream") is True and endpoint != "embeddings"
+    options = body.get("stream_options")
+    wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+    if stream and endpoint in _ASK_FOR_USAGE and not wants_usage:
+        # Ask the provider for usage; the extra chunk is stripped again before the client sees it.
+        body["stream_options"] = {**(options or {}), "include_usage": True}
+        changed = True
+    if deployment.upstream_model != body["model"]:
+        body["model"] = deployment.upstream_model
+        changed = True
+    call = Call(services, endpoint, request_id, started, attribution, deployment, body, stream, wants_usage)
+    return call, orjson.dumps(body) if changed else raw
+
+
+async def _forward(call: Call, raw: bytes, query: Any, headers: Any, family: str) -> Response:
+    services = call.services
+    upstream = services.upstream_for(call.deployment, call.endpoint)
+    upstream_request = UpstreamRequest(
+        endpoint=call.endpoint, deployment=call.deployment, body=call.body, raw=raw, stream=call.stream,
+        query=str(query), headers=forwarded_headers(headers), request_id=call.request_id,
+    )
+    try:
+        resp = await upstream.open(upstream_request)
+    except ProxyError as err:
+        await call.record(call.row(status="error", http_status=err.status, usage=None, source="provider",
+                                   error=err.code))
+        return error_response(err, family, call.request_id)  # type: ignore[arg-type]
+    except asyncio.CancelledError:
+        await call.record(call.row(status="cancelled", http_status=499, usage=None, source="provider",
+                                   error="cancelled before the provider answered"))
+        raise
+    ours = {"x-spendgate-request-id": call.request_id}
+    if resp.status >= 400 or not call.stream:
+        return await _finish_whole(call, resp, ours, family)
+    return MeteredStream(call, resp, ours)
+
+
+async def _finish_whole(call: Call, resp: Any, ours: dict[str, str], family: str) -> Response:
+    try:
+        body = await resp.read()
+    except ProxyError as err:
+        await call.record(call.row(status="error", http_status=err.status, usage=None, source="provider",
+                                   error=err.code))
+        return error_response(err, family, call.request_id)  # type: ignore[arg-type]
+    finally:
+        resp.close()
+    headers = {**resp.headers, **ours}
+    if resp.status >= 400:
+        # The provider refused: nothing was generated, nothing is charged; its answer passes through as is.
+        await call.record(call.row(status="error", http_status=resp.status, usage=None, source="provider",
+                                   error=f"provider answered {resp.status}"))
+        return Response(body, status_code=resp.status, headers=headers)
+    usage, source = _usage_of_body(call, body)
+    row = call.row(status="ok", http_status=resp.status, usage=usage, source=source)
+    await call.record(row)  # durable in the journal before the client sees the answer
+    headers["x-spendgate-cost-usd"] = format_usd(row.cost_nano)
+    return Response(body, status_code=resp.status, headers=headers)
+
+
+def _usage_of_body(call: Call, body: bytes) -> tuple[Usage | None, str]:
+    if call.endpoint == "count_tokens":
+        return None, "provider"  # counting tokens is free
+    usage = usage_from_json(body, call.anthropic)
+    if usage is not None:
+        return usage, "provider"
+    return call.estimate(generated_text_from_json(body, call.anthropic)), "estimated"

@@ -1,0 +1,29 @@
+"""Liveness and readiness probes for load balancers and orchestrators."""
+
+from __future__ import annotations
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from proxy.services import Services
+
+
+async def healthz(request: Request) -> Response:
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+async def readyz(request: Request) -> Response:
+    """Ready when the store answers and nothing is draining; the body says which check failed."""
+    services: Services | None = getattr(request.app.state, "services", None)
+    checks = {"store": False, "accepting": False}
+    if services is not None:
+        checks["accepting"] = not services.draining
+        checks["store"] = await services.store.ping()
+    ready = all(checks.values())
+    body = {"status": "ready" if ready else "not_ready", "checks": checks}
+    return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json")
+
+
+routes = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]

@@ -1,0 +1,52 @@
+"""Everything a request needs, built once in the app's lifespan and kept on `app.state.services`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pricing.catalog import Catalog
+from pricing.tokens import TokenCounter
+from proxy.auth import KeyRing
+from proxy.errors import InvalidRequest
+from proxy.routing import Router
+from proxy.settings import Settings
+from proxy.store.db import Store
+from proxy.store.writer import UsageWriter
+from proxy.upstreams.base import ANTHROPIC_ENDPOINTS, Deployment, Endpoint, Upstream
+from proxy.upstreams.http import HttpUpstream
+from proxy.upstreams.mock import MockUpstream
+from proxy.upstreams.translated import TranslatedUpstream
+
+# Providers spoken natively, and the endpoints each serves without translation.
+OPENAI_COMPATIBLE = frozenset({"openai", "azure", "vllm", "ollama", "deepseek", "groq", "openai_compatible"})
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    keys: KeyRing
+    router: Router
+    catalog: Catalog
+    counter: TokenCounter
+    store: Store
+    writer: UsageWriter
+    http: HttpUpstream
+    mock: MockUpstream
+    translated: TranslatedUpstream
+    draining: bool = False
+
+    def upstream_for(self, deployment: Deployment, endpoint: Endpoint) -> Upstream:
+        """Passthrough when the provider speaks the endpoint's wire format, litellm when it needs translating."""
+        provider = deployment.provider
+        if provider == "mock":
+            return self.mock
+        anthropic_call = endpoint in ANTHROPIC_ENDPOINTS
+        if provider == "anthropic" and anthropic_call:
+            return self.http
+        if provider in OPENAI_COMPATIBLE and not anthropic_call:
+            return self.http
+        if anthropic_call:
+            raise InvalidRequest(
+                f"model {deployment.requested!r} is served by provider {provider!r}; the Anthropic Messages API "
+                "(/v1/messages) needs a deployment with provider `anthropic` (or `mock`)", param="model")
+        return self.translated

@@ -1,0 +1,226 @@
+"""Loads config.yaml once, validates it whole, and reports every error as `file:line path: message`."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from pricing.catalog import PriceOverride
+from proxy.store.config import StoreConfig
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True)
+_ENV_REF = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[A-Za-z0-9._:/*@+-]{1,128}$")
+
+
+class ConfigError(Exception):
+    """config.yaml is unreadable or invalid; `lines` holds one `file:line path: message` per problem."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class ServerConfig(BaseModel):
+    model_config = _FROZEN
+    host: str = "127.0.0.1"
+    port: int = Field(4000, ge=0, le=65535)
+    max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    max_header_bytes: int = Field(64 * 1024, gt=0)
+    upstream_connect_timeout_s: float = Field(10.0, gt=0)
+    upstream_read_timeout_s: float = Field(600.0, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class PricingConfig(BaseModel):
+    model_config = _FROZEN
+    currency: Literal["USD", "EUR"] = "USD"
+    fx_rate: float | None = Field(None, gt=0)
+    compute_hourly_rate_usd: float = Field(0.08, ge=0)
+    unpriced: Literal["error", "allow"] = "error"
+    overrides: dict[str, PriceOverride] = Field(default_factory=dict)
+
+
+class MockOptions(BaseModel):
+    """Behaviour of the built-in `mock` provider (deterministic, for demos and benchmarks)."""
+
+    model_config = _FROZEN
+    latency_ms: int = Field(0, ge=0)
+    chunk_gap_ms: int = Field(0, ge=0)
+    output_tokens: int = Field(16, ge=1, le=100_000)
+
+
+Provider = str  # openai | azure | anthropic | mock | any litellm provider (translated)
+
+
+class ModelConfig(BaseModel):
+    model_config = _FROZEN
+    name: str
+    provider: Provider
+    upstream_model: str | None = None
+    api_base: str | None = None
+    api_key: SecretStr | None = None
+    api_version: str | None = None
+    price_as: str | None = None
+    default_max_output_tokens: int | None = Field(None, gt=0)
+    timeout_s: float | None = Field(None, gt=0)
+    mock: MockOptions = Field(default_factory=MockOptions)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("must be 1-128 characters of letters, digits and ._:/*@+-")
+        return v
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _secret_ref(cls, v: Any) -> Any:
+        if v is None or isinstance(v, SecretStr):
+            return v
+        match = _ENV_REF.match(str(v))
+        if not match:
+            # Never echo the value: it may be a pasted key.
+            raise ValueError("secrets are given by reference only, e.g. `env:OPENAI_API_KEY`")
+        value = os.environ.get(match.group(1))
+        if not value:
+            raise ValueError(f"environment variable {match.group(1)} is not set")
+        return SecretStr(value)
+
+    @field_validator("api_base")
+    @classmethod
+    def _api_base(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("must be an http(s) URL")
+        return v.rstrip("/")
+
+    @property
+    def is_wildcard(self) -> bool:
+        return "*" in self.name
+
+
+class KeyConfig(BaseModel):
+    model_config = _FROZEN
+    name: str
+    key_sha256: str
+    org: str
+    project: str | None = None
+    agent: str | None = None
+    role: Literal["agent", "viewer", "admin"] = "agent"
+
+    @field_validator("key_sha256")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        v = v.strip().lower()
+        if not _HEX64.match(v):
+            raise ValueError("must be the 64 hex digits printed by `spendgate hash-key KEY`")
+        return v
+
+
+class Settings(BaseModel):
+    model_config = _FROZEN
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
+    models: list[ModelConfig] = Field(default_factory=list)
+    keys: list[KeyConfig] = Field(default_factory=list)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, v: list[ModelConfig]) -> list[ModelConfig]:
+        names = [m.name for m in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique (repeated: {', '.join(dupes)})")
+        return v
+
+    @field_validator("keys")
+    @classmethod
+    def _unique_keys(cls, v: list[KeyConfig]) -> list[KeyConfig]:
+        for attr in ("name", "key_sha256"):
+            values = [getattr(k, attr) for k in v]
+            if len(values) != len(set(values)):
+                raise ValueError(f"each key needs a unique {attr}")
+        return v
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate `path`; raise ConfigError listing every problem with its line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    return parse_settings(text, str(path))
+
+
+def parse_settings(text: str, source: str = "config.yaml") -> Settings:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError([f"{source}{line}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}:1: the top level must be a mapping of sections"])
+    lines = _line_index(node)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_format_error(source, lines, err) for err in exc.errors()]) from None
+
+
+def _line_index(node: yaml.Node | None) -> dict[tuple[Any, ...], int]:
+    """Map each path in the document (('models', 0, 'name')) to its 1-based line."""
+    index: dict[tuple[Any, ...], int] = {}
+
+    def walk(n: yaml.Node, path: tuple[Any, ...]) -> None:
+        index[path] = n.start_mark.line + 1
+        if isinstance(n, yaml.MappingNode):
+            for key, value in n.value:
+                child = (*path, key.value)
+                index[child] = key.start_mark.line + 1
+                walk(value, child)
+                index[child] = key.start_mark.line + 1
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                walk(item, (*path, i))
+
+    if node is not None:
+        walk(node, ())
+    return index
+
+
+def _format_error(source: str, lines: Mapping[tuple[Any, ...], int], err: Mapping[str, Any]) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    probe = loc
+    while probe and probe not in lines:
+        probe = probe[:-1]
+    line = lines.get(probe, 1)
+    dotted = ""
+    for part in loc:
+        dotted += f"[{part}]" if isinstance(part, int) else (f".{part}" if dotted else str(part))
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling; see docs/config.md)"
+    elif "input" in err and err["type"] not in ("missing",) and not _is_secret_path(loc):
+        shown = err["input"]
+        if isinstance(shown, (str, int, float, bool)):
+            message += f" (got {shown!r})"
+    return f"{source}:{line} {dotted or '(top level)'}: {message}"
+
+
+def _is_secret_path(loc: tuple[Any, ...]) -> bool:
+    return any(p in ("api_key", "secret") for p in loc if isinstance(p, str))

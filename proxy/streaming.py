@@ -1,0 +1,106 @@
+"""Relays an SSE stream to the client event by event, metering it, and records the call however it ends:
+completed, provider failure mid-stream, client hang-up (the provider call is aborted at once) or cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from pricing.money import format_usd
+from proxy.errors import ProxyError, error_body
+from proxy.metering import StreamMeter
+from proxy.sse import comment
+
+if TYPE_CHECKING:
+    from proxy.relay import Call
+
+log = logging.getLogger(__name__)
+
+_TERMINAL_MARKERS = (b"data: [DONE]", b"event: message_stop", b"event: response.completed",
+                     b"event: response.failed", b"event: response.incomplete")
+
+
+class MeteredStream:
+    """An ASGI response (Starlette accepts any callable with this shape) for one metered stream."""
+
+    def __init__(self, call: Call, upstream: Any, headers: dict[str, str]) -> None:
+        self.call = call
+        self.upstream = upstream
+        self.headers = {**upstream.headers, **headers, "cache-control": "no-cache"}
+        self.headers.setdefault("content-type", "text/event-stream")
+        self.meter = StreamMeter(anthropic=call.anthropic,
+                                 strip_usage_chunk=call.endpoint in ("chat", "completions")
+                                 and not call.client_wants_usage)
+        self.client_gone = False
+        self._row: Any = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watcher = asyncio.ensure_future(self._watch_disconnect(receive))
+        status, error = "ok", None
+        try:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(k.encode(), v.encode()) for k, v in self.headers.items()]})
+            async for chunk in self.upstream.chunks():
+                out = self.meter.feed(chunk)
+                if out:
+                    if self.meter.finished and self._row is None:
+                        out = await self._finish(out)
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+                if self.client_gone:
+                    break
+            if not self.meter.finished and not self.client_gone:
+                status, error = "error", "the provider ended the stream before its final event"
+        except ProxyError as err:
+            status, error = "error", err.code
+            if not self.client_gone:
+                await send({"type": "http.response.body", "body": self._error_event(err), "more_body": True})
+        except asyncio.CancelledError:
+            status, error = "cancelled", "request task cancelled"
+            raise
+        finally:
+            watcher.cancel()
+            self.upstream.close()
+            if self.client_gone and status == "ok" and not self.meter.finished:
+                status, error = "cancelled", "client disconnected mid-stream"
+            if not self.meter.finished or status != "ok":
+                await self._record(status, error)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _watch_disconnect(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.client_gone = True
+                self.upstream.close()  # stop the provider's generation, and so the spend, at once
+                return
+
+    async def _finish(self, block: bytes) -> bytes:
+        """The stream reached its terminal event: record the call, then send the cost comment before it."""
+        row = await self._record("ok", None)
+        note = comment(f"spendgate cost_usd={format_usd(row.cost_nano)} request_id={self.call.request_id}")
+        cut = min((i for i in (block.find(m) for m in _TERMINAL_MARKERS) if i >= 0), default=-1)
+        if cut < 0:
+            return block + note
+        return block[:cut] + note + block[cut:]
+
+    async def _record(self, status: str, error: str | None) -> Any:
+        if self._row is not None:
+            return self._row
+        usage, source = self.meter.usage, "provider"
+        if usage is None:
+            usage = self.call.estimate(self.meter.generated_text(), self.meter.fields)
+            source = "estimated"
+        row = self.call.row(status=status, http_status=200, usage=usage, source=source, error=error)
+        self._row = row
+        await self.call.record(row)
+        return row
+
+    def _error_event(self, err: ProxyError) -> bytes:
+        family = "anthropic" if self.call.anthropic else "openai"
+        data = orjson.dumps(error_body(err, family))
+        prefix = b"event: error\n" if self.call.anthropic else b""
+        return prefix + b"data: " + data + b"\n\n"
