@@ -57,7 +57,7 @@ class StreamMeter:
         if not _USAGE.search(block):
             return block
         out: list[bytes] = []
-        for raw, name, data in iter_events(block):
+        for raw, _name, data in iter_events(block):
             if _USAGE.search(data):
                 event = _loads(data)
                 found = self._wire.usage_from_event(event)

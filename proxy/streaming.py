@@ -55,8 +55,10 @@ class MeteredStream:
             if not self.meter.finished and not self.client_gone:
                 status, error = "error", "the provider ended the stream before its final event"
         except ProxyError as err:
-            status, error = "error", err.code
-            if not self.client_gone:
+            if self.client_gone:  # our own abort of the provider call, not a provider failure
+                status, error = "cancelled", "client disconnected mid-stream"
+            else:
+                status, error = "error", err.code
                 await send({"type": "http.response.body", "body": self._error_event(err), "more_body": True})
         except asyncio.CancelledError:
             status, error = "cancelled", "request task cancelled"

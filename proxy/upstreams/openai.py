@@ -32,6 +32,7 @@ def usage_fields(usage: Any) -> dict[str, int] | None:
         "input_tokens": _int(usage.get("prompt_tokens")),
         "output_tokens": _int(usage.get("completion_tokens")),
         "cached_input_tokens": cached,
+        "cache_write_tokens": _int(prompt_details.get("cache_write_tokens")),
         "reasoning_tokens": _int(completion_details.get("reasoning_tokens")),
     }
 
