@@ -1,4 +1,4 @@
-"""Liveness and readiness probes for load balancers and orchestrators."""
+"""Liveness and readiness probes for load balancers, and the OpenAPI document."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from proxy.openapi import build_openapi
 from proxy.services import Services
 
 
@@ -26,4 +27,12 @@ async def readyz(request: Request) -> Response:
     return Response(orjson.dumps(body), status_code=200 if ready else 503, media_type="application/json")
 
 
-routes = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
+async def openapi(request: Request) -> Response:
+    document = getattr(request.app.state, "openapi", None)
+    if document is None:
+        document = request.app.state.openapi = orjson.dumps(build_openapi())
+    return Response(document, media_type="application/json")
+
+
+routes = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"]),
+          Route("/openapi.json", openapi, methods=["GET"])]

@@ -1,0 +1,193 @@
+"""The OpenAPI document served at /openapi.json, generated from the pydantic models of the HTTP edge."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+from proxy.attribution import MAX_TAG_CHARS
+from proxy.requests import MAX_N, MAX_TOKENS_CAP
+
+_OPEN = ConfigDict(extra="allow")  # provider fields spendgate does not read pass through untouched
+Tag = Field(None, min_length=1, max_length=MAX_TAG_CHARS)
+MaxTokens = Field(None, ge=1, le=MAX_TOKENS_CAP)
+
+
+class Metadata(BaseModel):
+    """spendgate's tags (removed before forwarding); other keys pass through to the provider."""
+
+    model_config = _OPEN
+    project: str | None = Tag
+    agent: str | None = Tag
+    station: str | None = Tag
+    run: str | None = Tag
+    issue: str | None = Tag
+    actor: Literal["agent", "human"] | None = None
+    retry_of: str | None = Tag
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = _OPEN
+    model: str = Field(min_length=1)
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = MaxTokens
+    max_completion_tokens: int | None = MaxTokens
+    n: int | None = Field(None, ge=1, le=MAX_N)
+    metadata: Metadata | None = None
+
+
+class CompletionRequest(BaseModel):
+    model_config = _OPEN
+    model: str = Field(min_length=1)
+    prompt: str | list[Any]
+    stream: bool | None = None
+    max_tokens: int | None = MaxTokens
+    n: int | None = Field(None, ge=1, le=MAX_N)
+    metadata: Metadata | None = None
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = _OPEN
+    model: str = Field(min_length=1)
+    input: str | list[Any]
+    metadata: Metadata | None = None
+
+
+class ResponsesRequest(BaseModel):
+    model_config = _OPEN
+    model: str = Field(min_length=1)
+    input: str | list[Any] | None = None
+    stream: bool | None = None
+    max_output_tokens: int | None = MaxTokens
+    metadata: Metadata | None = None
+
+
+class MessagesRequest(BaseModel):
+    model_config = _OPEN
+    model: str = Field(min_length=1)
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_tokens: int | None = MaxTokens
+    stream: bool | None = None
+    metadata: Metadata | None = None
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: str | int | None
+    param: str | None
+
+
+class OpenAIError(BaseModel):
+    error: OpenAIErrorDetail
+
+
+class AnthropicErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicError(BaseModel):
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+
+
+class Call(BaseModel):
+    """One recorded call (DESIGN §12)."""
+
+    request_id: str
+    started_at: str
+    ended_at: str
+    duration_ms: int
+    status: Literal["ok", "error", "cancelled", "refused"]
+    http_status: int
+    org: str
+    project: str | None
+    agent: str | None
+    station: str | None
+    run: str | None
+    issue: str | None
+    actor: str | None
+    retry_of: str | None
+    endpoint: str
+    provider: str
+    model: str
+    upstream_model: str | None
+    input_tokens: int
+    cached_input_tokens: int
+    cache_write_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    cost_usd: float
+    cost_nano: int
+    usage_source: Literal["provider", "estimated"]
+
+
+class CallsPage(BaseModel):
+    calls: list[Call]
+    next_cursor: str | None
+
+
+_PROXIED = [
+    ("/v1/chat/completions", ChatCompletionRequest, "OpenAIError", "Chat completion (JSON or SSE stream)"),
+    ("/v1/completions", CompletionRequest, "OpenAIError", "Legacy completion"),
+    ("/v1/embeddings", EmbeddingRequest, "OpenAIError", "Embeddings"),
+    ("/v1/responses", ResponsesRequest, "OpenAIError", "Responses API"),
+    ("/v1/messages", MessagesRequest, "AnthropicError", "Anthropic Messages (JSON or SSE stream)"),
+    ("/v1/messages/count_tokens", MessagesRequest, "AnthropicError", "Anthropic token count (free)"),
+]
+_ERROR_STATUSES = ("400", "401", "404", "413", "502", "504")
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
+    models = [ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ResponsesRequest, MessagesRequest,
+              OpenAIError, AnthropicError, CallsPage, Call]
+    _, top = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
+    security = [{"bearer": []}, {"apiKey": []}]
+    paths: dict[str, Any] = {}
+    for path, request, error, summary in _PROXIED:
+        responses = {"200": {"description": "The provider's answer, relayed (application/json or text/event-stream)",
+                             "content": {"application/json": {"schema": {"type": "object"}},
+                                         "text/event-stream": {"schema": {"type": "string"}}}}}
+        responses.update({s: _json(_ref(error), "Error in the endpoint's wire format") for s in _ERROR_STATUSES})
+        paths[path] = {"post": {"summary": summary, "security": security, "responses": responses,
+                                "requestBody": {"required": True, "content": {"application/json": {
+                                    "schema": _ref(request.__name__)}}}}}
+    calls_params = [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
+                    for n in ("run", "issue", "agent", "station", "project", "cursor")]
+    calls_params.append({"name": "limit", "in": "query", "required": False,
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 1000}})
+    api_errors = {s: _json(_ref("OpenAIError"), "Error") for s in ("400", "401", "404")}
+    paths["/api/calls"] = {"get": {"summary": "Recorded calls, newest first", "security": security,
+                                   "parameters": calls_params,
+                                   "responses": {"200": _json(_ref("CallsPage"), "One page"), **api_errors}}}
+    paths["/api/calls/{request_id}"] = {"get": {
+        "summary": "One recorded call", "security": security,
+        "parameters": [{"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"200": _json(_ref("Call"), "The call"), **api_errors}}}
+    paths["/v1/models"] = {"get": {"summary": "Configured model names", "security": security, "responses": {
+        "200": _json({"type": "object"}, "Model list"), "401": _json(_ref("OpenAIError"), "Error")}}}
+    for probe in ("/healthz", "/readyz"):
+        paths[probe] = {"get": {"summary": "Probe", "responses": {"200": _json({"type": "object"}, "OK"),
+                                                                  "503": _json({"type": "object"}, "Not ready")}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "spendgate", "version": version,
+                 "description": "OpenAI- and Anthropic-compatible LLM proxy with inline metering"},
+        "paths": paths,
+        "components": {"schemas": top.get("$defs", {}), "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}}},
+    }
