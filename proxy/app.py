@@ -57,7 +57,7 @@ async def _services(settings: Settings, catalog: Catalog) -> AsyncIterator[Servi
         writer = UsageWriter(store, journal, batch_max=settings.store.batch_max,
                              flush_interval=settings.store.flush_interval_ms / 1000)
         await writer.start()
-        stack.push_async_callback(writer.close)
+        stack.push_async_callback(writer.close, 15.0)  # SQL down at exit: the rest stays in the journal
         counter = TokenCounter()
         # Load the encodings now, off the event loop, so the first call does not pay for it.
         await asyncio.to_thread(counter.count_text, "warm up", "gpt-4o")
@@ -85,6 +85,8 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None) -> Starlet
                 yield
             finally:
                 services.draining = True
+                if not await services.wait_idle(grace_s=10.0):
+                    log.error("shutdown with calls still in flight", extra={"inflight": services.inflight})
 
     app = Starlette(routes=[*openai.routes, *anthropic.routes, *api.routes, *health.routes], lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _unexpected})

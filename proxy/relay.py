@@ -22,6 +22,7 @@ from proxy.errors import ProxyError, ServiceUnavailable, error_response
 from proxy.metering import estimate_usage, generated_text_from_json, usage_from_json
 from proxy.requests import check_body, forwarded_headers, parse_json_object, read_body
 from proxy.services import Services
+from proxy.store.journal import JournalError
 from proxy.store.records import CallRecord
 from proxy.streaming import MeteredStream
 from proxy.upstreams.base import ANTHROPIC_ENDPOINTS, ENDPOINT_PATHS, Deployment, Endpoint, UpstreamRequest
@@ -81,20 +82,39 @@ class Call:
             error=error,
         )
 
+    def cancelled_row(self, reason: str) -> CallRecord:
+        """The request was sent, so the provider may bill the prompt: charge it, estimated (never $0)."""
+        return self.row(status="cancelled", http_status=499, usage=self.estimate(""), source="estimated",
+                        error=reason)
+
     async def record(self, row: CallRecord) -> None:
         # Shielded: a cancelled request task must still get its row into the journal.
-        await asyncio.shield(self.services.writer.record(row))
+        try:
+            await asyncio.shield(self.services.writer.record(row))
+        except JournalError as exc:
+            # The row is still queued for SQL; only its crash-safety is lost. The call itself succeeded.
+            log.error("journal append failed", extra={"request_id": row.request_id, "error": str(exc)})
 
 
 async def handle(request: Request, endpoint: Endpoint) -> Response:
     services: Services = request.app.state.services
     request_id = new_request_id()
     family = "anthropic" if endpoint in ANTHROPIC_ENDPOINTS else "openai"
+    services.begin_call()
+    handed_off = False
     try:
-        call, raw = await _admit(services, request, endpoint, request_id)
-    except ProxyError as err:
-        return error_response(err, family, request_id)
-    return await _forward(call, raw, request.query_params, request.headers, family)
+        try:
+            call, raw = await _admit(services, request, endpoint, request_id)
+        except ProxyError as err:
+            return error_response(err, family, request_id)
+        response = await _forward(call, raw, request.query_params, request.headers, family)
+        if isinstance(response, MeteredStream):
+            response.on_done = services.end_call  # the stream records its row after this returns
+            handed_off = True
+        return response
+    finally:
+        if not handed_off:
+            services.end_call()
 
 
 async def _admit(services: Services, request: Request, endpoint: Endpoint,
@@ -138,8 +158,7 @@ async def _forward(call: Call, raw: bytes, query: Any, headers: Any, family: str
                                    error=err.code))
         return error_response(err, family, call.request_id)  # type: ignore[arg-type]
     except asyncio.CancelledError:
-        await call.record(call.row(status="cancelled", http_status=499, usage=None, source="provider",
-                                   error="cancelled before the provider answered"))
+        await call.record(call.cancelled_row("cancelled before the provider answered"))
         raise
     ours = {"x-spendgate-request-id": call.request_id}
     if resp.status >= 400 or not call.stream:
@@ -150,6 +169,9 @@ async def _forward(call: Call, raw: bytes, query: Any, headers: Any, family: str
 async def _finish_whole(call: Call, resp: Any, ours: dict[str, str], family: str) -> Response:
     try:
         body = await resp.read()
+    except asyncio.CancelledError:
+        await call.record(call.cancelled_row("cancelled while the provider was answering"))
+        raise
     except ProxyError as err:
         await call.record(call.row(status="error", http_status=err.status, usage=None, source="provider",
                                    error=err.code))

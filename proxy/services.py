@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from pricing.catalog import Catalog
 from pricing.tokens import TokenCounter
@@ -34,6 +35,28 @@ class Services:
     mock: MockUpstream
     translated: TranslatedUpstream
     draining: bool = False
+    inflight: int = 0
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def begin_call(self) -> None:
+        self.inflight += 1
+        self._idle.clear()
+
+    def end_call(self) -> None:
+        self.inflight -= 1
+        if self.inflight <= 0:
+            self._idle.set()
+
+    async def wait_idle(self, grace_s: float) -> bool:
+        """At shutdown: wait until every in-flight call has recorded its row (uvicorn cancels request tasks
+        and starts the lifespan shutdown without waiting for them)."""
+        if self.inflight <= 0:
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace_s)
+        except TimeoutError:
+            return False
+        return True
 
     def upstream_for(self, deployment: Deployment, endpoint: Endpoint) -> Upstream:
         """Passthrough when the provider speaks the endpoint's wire format, litellm when it needs translating."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -37,6 +38,7 @@ class MeteredStream:
                                  and not call.client_wants_usage)
         self.client_gone = False
         self._row: Any = None
+        self.on_done: Callable[[], None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watcher = asyncio.ensure_future(self._watch_disconnect(receive))
@@ -68,8 +70,12 @@ class MeteredStream:
             self.upstream.close()
             if self.client_gone and status == "ok" and not self.meter.finished:
                 status, error = "cancelled", "client disconnected mid-stream"
-            if not self.meter.finished or status != "ok":
-                await self._record(status, error)
+            try:
+                if not self.meter.finished or status != "ok":
+                    await self._record(status, error)
+            finally:
+                if self.on_done is not None:
+                    self.on_done()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _watch_disconnect(self, receive: Receive) -> None:

@@ -133,3 +133,35 @@ def test_probes(proxy: Proxy) -> None:
     assert httpx.get(proxy.url + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(proxy.url + "/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"store": True, "accepting": True}
+
+
+def test_call_cancelled_by_shutdown_is_recorded_with_its_prompt(upstream: FakeUpstream, tmp_path: Path,
+                                                               closed_port: int) -> None:
+    import threading
+    import time
+
+    import httpx
+
+    errors: list[BaseException] = []
+
+    def hanging_call(url: str) -> None:
+        try:
+            httpx.post(url + "/v1/chat/completions", headers={"authorization": f"Bearer {ADMIN}"}, timeout=30,
+                       json={"model": "fake-hang", "messages": [{"role": "user", "content": "a b c d e f g"}]})
+        except httpx.HTTPError as exc:
+            errors.append(exc)
+
+    with Proxy(make_settings(upstream, tmp_path, closed_port)) as proxy:
+        caller = threading.Thread(target=hanging_call, args=(proxy.url,))
+        caller.start()
+        for _ in range(200):
+            if any(r.body and r.body.get("model") == "fake-hang" for r in upstream.requests):
+                break
+            time.sleep(0.02)
+    caller.join(10)
+    db = sqlite3.connect(tmp_path / "spendgate.db")
+    rows = db.execute("select status, usage_source, input_tokens, output_tokens, cost_nano from usage").fetchall()
+    assert len(rows) == 1
+    status, source, input_tokens, output_tokens, cost = rows[0]
+    assert (status, source, output_tokens) == ("cancelled", "estimated", 0)
+    assert input_tokens > 0 and cost > 0  # the provider had the prompt: never recorded as $0
