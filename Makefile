@@ -25,6 +25,7 @@ test-unit: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check proxy policies pricing tests bench
+	$(BIN)/mypy proxy policies pricing
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

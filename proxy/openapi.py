@@ -154,8 +154,9 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
     models = [ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ResponsesRequest, MessagesRequest,
               OpenAIError, AnthropicError, CallsPage, Call]
-    _, top = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
-    security = [{"bearer": []}, {"apiKey": []}]
+    _, top = models_json_schema([(m, "validation") for m in models],  # type: ignore[misc]
+                                ref_template="#/components/schemas/{model}")
+    security: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
     paths: dict[str, Any] = {}
     for path, request, error, summary in _PROXIED:
         responses = {"200": {"description": "The provider's answer, relayed (application/json or text/event-stream)",
@@ -165,7 +166,7 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
         paths[path] = {"post": {"summary": summary, "security": security, "responses": responses,
                                 "requestBody": {"required": True, "content": {"application/json": {
                                     "schema": _ref(request.__name__)}}}}}
-    calls_params = [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
+    calls_params: list[dict[str, Any]] = [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
                     for n in ("run", "issue", "agent", "station", "project", "cursor")]
     calls_params.append({"name": "limit", "in": "query", "required": False,
                          "schema": {"type": "integer", "minimum": 1, "maximum": 1000}})

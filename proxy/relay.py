@@ -18,7 +18,7 @@ from pricing.cost import cost_nano
 from pricing.money import format_usd
 from pricing.usage import Usage
 from proxy.attribution import attribute
-from proxy.errors import ProxyError, ServiceUnavailable, error_response
+from proxy.errors import Family, ProxyError, ServiceUnavailable, error_response
 from proxy.metering import estimate_usage, generated_text_from_json, usage_from_json
 from proxy.requests import check_body, forwarded_headers, parse_json_object, read_body
 from proxy.services import Services
@@ -96,10 +96,13 @@ class Call:
             log.error("journal append failed", extra={"request_id": row.request_id, "error": str(exc)})
 
 
-async def handle(request: Request, endpoint: Endpoint) -> Response:
+Reply = Response | MeteredStream  # what a proxied route answers: both are ASGI callables
+
+
+async def handle(request: Request, endpoint: Endpoint) -> Reply:
     services: Services = request.app.state.services
     request_id = new_request_id()
-    family = "anthropic" if endpoint in ANTHROPIC_ENDPOINTS else "openai"
+    family: Family = "anthropic" if endpoint in ANTHROPIC_ENDPOINTS else "openai"
     services.begin_call()
     handed_off = False
     try:
@@ -144,7 +147,7 @@ async def _admit(services: Services, request: Request, endpoint: Endpoint,
     return call, orjson.dumps(body) if changed else raw
 
 
-async def _forward(call: Call, raw: bytes, query: Any, headers: Any, family: str) -> Response:
+async def _forward(call: Call, raw: bytes, query: Any, headers: Any, family: Family) -> Reply:
     services = call.services
     upstream = services.upstream_for(call.deployment, call.endpoint)
     upstream_request = UpstreamRequest(
@@ -156,7 +159,7 @@ async def _forward(call: Call, raw: bytes, query: Any, headers: Any, family: str
     except ProxyError as err:
         await call.record(call.row(status="error", http_status=err.status, usage=None, source="provider",
                                    error=err.code))
-        return error_response(err, family, call.request_id)  # type: ignore[arg-type]
+        return error_response(err, family, call.request_id)
     except asyncio.CancelledError:
         await call.record(call.cancelled_row("cancelled before the provider answered"))
         raise
@@ -166,7 +169,7 @@ async def _forward(call: Call, raw: bytes, query: Any, headers: Any, family: str
     return MeteredStream(call, resp, ours)
 
 
-async def _finish_whole(call: Call, resp: Any, ours: dict[str, str], family: str) -> Response:
+async def _finish_whole(call: Call, resp: Any, ours: dict[str, str], family: Family) -> Response:
     try:
         body = await resp.read()
     except asyncio.CancelledError:
@@ -175,7 +178,7 @@ async def _finish_whole(call: Call, resp: Any, ours: dict[str, str], family: str
     except ProxyError as err:
         await call.record(call.row(status="error", http_status=err.status, usage=None, source="provider",
                                    error=err.code))
-        return error_response(err, family, call.request_id)  # type: ignore[arg-type]
+        return error_response(err, family, call.request_id)
     finally:
         resp.close()
     headers = {**resp.headers, **ours}

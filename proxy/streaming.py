@@ -108,7 +108,6 @@ class MeteredStream:
         return row
 
     def _error_event(self, err: ProxyError) -> bytes:
-        family = "anthropic" if self.call.anthropic else "openai"
-        data = orjson.dumps(error_body(err, family))
+        data = orjson.dumps(error_body(err, "anthropic" if self.call.anthropic else "openai"))
         prefix = b"event: error\n" if self.call.anthropic else b""
         return prefix + b"data: " + data + b"\n\n"

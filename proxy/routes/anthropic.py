@@ -6,14 +6,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from proxy.relay import handle
+from proxy.relay import Reply, handle
 
 
-async def messages(request: Request) -> Response:
+async def messages(request: Request) -> Reply:
     return await handle(request, "messages")
 
 
-async def count_tokens(request: Request) -> Response:
+async def count_tokens(request: Request) -> Reply:
     return await handle(request, "count_tokens")
 
 

@@ -8,23 +8,23 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from proxy.errors import NotMetered, error_response
-from proxy.relay import handle, new_request_id
+from proxy.relay import Reply, handle, new_request_id
 from proxy.services import Services
 
 
-async def chat_completions(request: Request) -> Response:
+async def chat_completions(request: Request) -> Reply:
     return await handle(request, "chat")
 
 
-async def completions(request: Request) -> Response:
+async def completions(request: Request) -> Reply:
     return await handle(request, "completions")
 
 
-async def embeddings(request: Request) -> Response:
+async def embeddings(request: Request) -> Reply:
     return await handle(request, "embeddings")
 
 
-async def responses(request: Request) -> Response:
+async def responses(request: Request) -> Reply:
     return await handle(request, "responses")
 
 

@@ -50,7 +50,7 @@ class Deployment:
     api_version: str | None = None
     default_max_output_tokens: int | None = None
     timeout_s: float | None = None
-    mock: MockOptions = field(default_factory=MockOptions)
+    mock: MockOptions = MockOptions()  # frozen: one shared default is safe
 
 
 @dataclass(slots=True)
@@ -66,8 +66,13 @@ class UpstreamRequest:
 
 
 class UpstreamResponse(Protocol):
-    status: int
-    headers: Mapping[str, str]  # headers worth relaying (content-type, provider request id, rate limits)
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Headers worth relaying (content-type, provider request id, rate limits)."""
+        ...
 
     async def read(self) -> bytes: ...
 
