@@ -17,10 +17,14 @@ def _config_path(arg: str | None) -> Path:
 
 
 def _load(path: Path) -> Settings:
+    from pricing.errors import PricingError
     from proxy.app import load_catalog
 
     settings = load_settings(path)
-    load_catalog(settings, str(path))
+    try:
+        load_catalog(settings, str(path))
+    except PricingError as exc:  # the bundled catalog is missing or broken: one line, not a traceback
+        raise ConfigError([f"{path}: {exc}"]) from None
     return settings
 
 

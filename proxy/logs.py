@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 import orjson
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName", "color_message"}
+# Mapping keys whose values are credentials whatever they look like (a headers dict logged as an extra field).
+_SECRET_FIELD = re.compile(r"(?i)^(authorization|proxy-authorization|x-api-key|api[-_]?key|secret|password|token)$")
 _BEARER = re.compile(r"(?i)(bearer\s+|x-api-key[\"':=\s]+|api[-_]key[\"':=\s]+)([A-Za-z0-9._\-]{8,})")
 
 
@@ -27,15 +29,34 @@ class Redactor(logging.Filter):
                 text = text.replace(secret, "[redacted]")
         return _BEARER.sub(r"\1[redacted]", text)
 
+    def scrub_value(self, value: object) -> object:
+        """`value` with every string inside it scrubbed (extra fields may be dicts, e.g. headers)."""
+        if isinstance(value, str):
+            return self.scrub(value)
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        if isinstance(value, dict):
+            return {self.scrub(str(k)): "[redacted]" if _SECRET_FIELD.match(str(k)) else self.scrub_value(v)
+                    for k, v in value.items()}
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return [self.scrub_value(v) for v in value]
+        return self.scrub(str(value))  # what the JSON sink would print (orjson default=str)
+
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self.scrub(record.getMessage())
+        try:
+            message = record.getMessage()
+        except Exception:  # bad format args: log what there is rather than raise in the caller
+            message = f"{record.msg} {record.args!r}"
+        record.msg = self.scrub(message)
         record.args = None
         if record.exc_info and record.exc_info[1] is not None:
-            record.exc_text = self.scrub(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
             record.exc_info = None
+        if record.exc_text:
+            record.exc_text = self.scrub(record.exc_text)
         for key, value in list(vars(record).items()):
-            if key not in _STANDARD and isinstance(value, str):
-                setattr(record, key, self.scrub(value))
+            if key not in _STANDARD and not key.startswith("_"):
+                setattr(record, key, self.scrub_value(value))
         return True
 
 
@@ -47,7 +68,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        entry.update((k, v) for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_"))
+        for key, value in vars(record).items():  # extra fields; they never replace the four above
+            if key not in _STANDARD and not key.startswith("_"):
+                entry.setdefault(key, value)
         if record.exc_text:
             entry["exc"] = record.exc_text
         return orjson.dumps(entry, default=str).decode()

@@ -14,6 +14,9 @@ from proxy.upstreams import anthropic as anthropic_wire
 from proxy.upstreams import openai as openai_wire
 
 _USAGE = re.compile(rb'"usage"\s*:\s*\{')
+# Event names (or `type`s) that end a stream; OpenAI chat streams end with `data: [DONE]` instead.
+_OPENAI_TERMINAL = frozenset({"response.completed", "response.failed", "response.incomplete"})
+_ANTHROPIC_TERMINAL = frozenset({"message_stop"})
 
 
 def _loads(data: bytes) -> Any:
@@ -49,8 +52,15 @@ class StreamMeter:
 
     def feed(self, chunk: bytes) -> bytes:
         block = self._splitter.feed(chunk)
-        if not block:
-            return b""
+        return self._take(block) if block else b""
+
+    def tail(self) -> bytes:
+        """What is left after the last complete event when the stream ends (a final event without its blank
+        line, or one cut short), metered like any other event."""
+        rest = self._splitter.tail()
+        return self._take(rest) if rest.strip() else rest
+
+    def _take(self, block: bytes) -> bytes:
         self._events.append(block)
         if not self.finished and self._terminal_in(block):
             self.finished = True
@@ -71,13 +81,28 @@ class StreamMeter:
         return b"".join(out)
 
     def _terminal_in(self, block: bytes) -> bool:
-        if self._anthropic:
-            return b"message_stop" in block
-        return b"[DONE]" in block or b"response.completed" in block or b"response.failed" in block \
-            or b"response.incomplete" in block
+        # A substring test alone is not enough: generated text may say "[DONE]" or "message_stop", and a
+        # false end would record the call (estimated) before the provider's usage arrives. The cheap test
+        # only picks the blocks whose events are then read.
+        names = _ANTHROPIC_TERMINAL if self._anthropic else _OPENAI_TERMINAL
+        if not any(n.encode() in block for n in names) and (self._anthropic or b"[DONE]" not in block):
+            return False
+        return self.terminal_start(block) >= 0
 
-    def tail(self) -> bytes:
-        return self._splitter.tail()
+    def terminal_start(self, block: bytes) -> int:
+        """Offset in `block` where its terminal event starts, or -1 (for placing the cost comment)."""
+        names = _ANTHROPIC_TERMINAL if self._anthropic else _OPENAI_TERMINAL
+        offset = 0
+        for raw, name, data in iter_events(block):
+            start = block.find(raw, offset)
+            offset = start + len(raw)
+            if name in names or (not self._anthropic and data.strip() == b"[DONE]"):
+                return start
+            if any(n.encode() in data for n in names):  # an event sent without its `event:` line
+                event = _loads(data)
+                if isinstance(event, dict) and event.get("type") in names:
+                    return start
+        return -1
 
     @property
     def usage(self) -> Usage | None:
@@ -112,6 +137,7 @@ def estimate_usage(
         output_tokens=output_tokens,
         cached_input_tokens=reported.get("cached_input_tokens", 0),
         cache_write_tokens=reported.get("cache_write_tokens", 0),
+        reasoning_tokens=min(reported.get("reasoning_tokens", 0), output_tokens),
     )
 
 
@@ -123,14 +149,19 @@ def generated_text_from_json(body: bytes, anthropic: bool) -> str:
     parts: list[str] = []
     if anthropic:
         for block in parsed.get("content") or ():
-            if isinstance(block, dict):
-                value = block.get("text") or block.get("thinking")
-                parts.append(value if isinstance(value, str) else orjson.dumps(block.get("input", "")).decode())
+            if not isinstance(block, dict):
+                continue
+            value = block.get("text") or block.get("thinking")
+            if isinstance(value, str):
+                parts.append(value)
+            elif "input" in block:  # tool_use: the generated arguments
+                parts.append(orjson.dumps(block["input"]).decode())
         return "".join(parts)
     for choice in parsed.get("choices") or ():
         if not isinstance(choice, dict):
             continue
-        message = choice.get("message") or {}
+        message = choice.get("message")
+        message = message if isinstance(message, dict) else {}
         for value in (choice.get("text"), message.get("content"), message.get("reasoning_content")):
             if isinstance(value, str):
                 parts.append(value)
@@ -139,7 +170,11 @@ def generated_text_from_json(body: bytes, anthropic: bool) -> str:
             if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
                 parts.append(fn["arguments"])
     for item in parsed.get("output") or ():  # Responses API
-        for part in (item.get("content") or ()) if isinstance(item, dict) else ():
+        if not isinstance(item, dict):
+            continue
+        if isinstance(item.get("arguments"), str):  # function_call
+            parts.append(item["arguments"])
+        for part in item.get("content") or ():
             if isinstance(part, dict) and isinstance(part.get("text"), str):
                 parts.append(part["text"])
     return "".join(parts)

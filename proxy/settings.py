@@ -18,6 +18,8 @@ _FROZEN = ConfigDict(extra="forbid", frozen=True)
 _ENV_REF = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9._:/*@+-]{1,128}$")
+Loc = tuple[Any, ...]  # a path in the document: ('models', 0, 'name')
+Problem = tuple[int, Loc, str]  # (line, path, message)
 
 
 class ConfigError(Exception):
@@ -71,7 +73,7 @@ class ModelConfig(BaseModel):
     price_as: str | None = None
     default_max_output_tokens: int | None = Field(None, gt=0)
     timeout_s: float | None = Field(None, gt=0)
-    mock: MockOptions = Field(default_factory=MockOptions)
+    mock: MockOptions = MockOptions()  # frozen: one shared default is safe
 
     @field_validator("name")
     @classmethod
@@ -128,9 +130,9 @@ class KeyConfig(BaseModel):
 
 class Settings(BaseModel):
     model_config = _FROZEN
-    server: ServerConfig = Field(default_factory=ServerConfig)
+    server: ServerConfig = ServerConfig()
     store: StoreConfig = Field(default_factory=StoreConfig)
-    pricing: PricingConfig = Field(default_factory=PricingConfig)
+    pricing: PricingConfig = PricingConfig()
     models: list[ModelConfig] = Field(default_factory=list)
     keys: list[KeyConfig] = Field(default_factory=list)
 
@@ -159,68 +161,142 @@ def load_settings(path: str | Path) -> Settings:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text (bad byte at offset {exc.start})"]) from None
     return parse_settings(text, str(path))
 
 
 def parse_settings(text: str, source: str = "config.yaml") -> Settings:
+    """Validate the YAML `text`; raise ConfigError listing every problem (sorted by line) at once."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError([f"{source}{line}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+        # Never str(exc): PyYAML quotes the offending source line, which may hold a pasted secret.
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or type(exc).__name__
+        raise ConfigError([f"{source}{line}: not valid YAML: {problem}"]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{source}:1: the top level must be a mapping of sections"])
-    lines = _line_index(node)
+    lines, problems = _line_index(node)
+    repeats = _repeated_entries(data, lines)
+    problems += repeats
+    reported = {loc[:1] for _line, loc, _msg in repeats}
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_format_error(source, lines, err) for err in exc.errors()]) from None
+        for err in exc.errors():
+            loc = _clean_loc(err["loc"])
+            # The list-level uniqueness validators say less (and point at the section) than the check above.
+            if len(loc) == 1 and loc in reported and err["type"] == "value_error":
+                continue
+            problems.append((_line_of(lines, loc), loc, _message(loc, err)))
+    else:
+        if not problems:
+            return settings
+    problems.sort(key=lambda p: p[0])
+    raise ConfigError([f"{source}:{line} {_dotted(loc)}: {message}" for line, loc, message in problems])
 
 
-def _line_index(node: yaml.Node | None) -> dict[tuple[Any, ...], int]:
-    """Map each path in the document (('models', 0, 'name')) to its 1-based line."""
-    index: dict[tuple[Any, ...], int] = {}
+def _line_index(node: yaml.Node | None) -> tuple[dict[Loc, int], list[Problem]]:
+    """Map each path in the document (('models', 0, 'name')) to its 1-based line, and report repeated
+    mapping keys: PyYAML silently keeps the last one, which would drop half of a section unnoticed."""
+    index: dict[Loc, int] = {}
+    repeated: list[Problem] = []
+    on_path: set[int] = set()  # a recursive alias (`&a [*a]`) must not recurse forever
 
-    def walk(n: yaml.Node, path: tuple[Any, ...]) -> None:
-        index[path] = n.start_mark.line + 1
+    def walk(n: yaml.Node, path: Loc) -> None:
+        if id(n) in on_path:
+            return
+        on_path.add(id(n))
         if isinstance(n, yaml.MappingNode):
+            seen: dict[Any, int] = {}
             for key, value in n.value:
                 child = (*path, key.value)
-                index[child] = key.start_mark.line + 1
+                line = key.start_mark.line + 1
+                if key.value in seen:
+                    repeated.append((line, child, f"repeated key (first at line {seen[key.value]}); "
+                                                  "YAML would silently keep only the last one"))
+                seen[key.value] = line
+                index[child] = line  # the last one wins, as it does in the loaded data
                 walk(value, child)
-                index[child] = key.start_mark.line + 1
         elif isinstance(n, yaml.SequenceNode):
             for i, item in enumerate(n.value):
+                index[(*path, i)] = item.start_mark.line + 1
                 walk(item, (*path, i))
+        on_path.discard(id(n))
 
     if node is not None:
+        index[()] = node.start_mark.line + 1
         walk(node, ())
-    return index
+    return index, repeated
 
 
-def _format_error(source: str, lines: Mapping[tuple[Any, ...], int], err: Mapping[str, Any]) -> str:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+def _repeated_entries(data: Mapping[str, Any], lines: Mapping[Loc, int]) -> list[Problem]:
+    """Repeated model names and key names / hashes, each reported at the repeat's own line.
+
+    Checked on the raw data so that they are reported together with every other problem (the Settings
+    validators only run once every entry is valid)."""
+    problems: list[Problem] = []
+    checks = (("models", "name", "model name"), ("keys", "name", "key name"), ("keys", "key_sha256", "key hash"))
+    for section, attr, what in checks:
+        entries = data.get(section)
+        if not isinstance(entries, list):
+            continue
+        first: dict[str, int] = {}
+        for i, entry in enumerate(entries):
+            value = entry.get(attr) if isinstance(entry, dict) else None
+            if not isinstance(value, str):
+                continue
+            value = value.strip().lower() if attr == "key_sha256" else value
+            if value in first:
+                loc = (section, i, attr)
+                shown = "" if attr == "key_sha256" else f" {value!r}"
+                problems.append((_line_of(lines, loc), loc,
+                                 f"{what}{shown} is repeated (first in {section}[{first[value]}]); "
+                                 "each must be unique"))
+            else:
+                first[value] = i
+    return problems
+
+
+def _clean_loc(loc: Loc) -> Loc:
+    return tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+
+
+def _line_of(lines: Mapping[Loc, int], loc: Loc) -> int:
     probe = loc
     while probe and probe not in lines:
         probe = probe[:-1]
-    line = lines.get(probe, 1)
+    return lines.get(probe, 1)
+
+
+def _dotted(loc: Loc) -> str:
     dotted = ""
     for part in loc:
         dotted += f"[{part}]" if isinstance(part, int) else (f".{part}" if dotted else str(part))
+    return dotted or "(top level)"
+
+
+def _message(loc: Loc, err: Mapping[str, Any]) -> str:
     message = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        message = "unknown key (check the spelling; see docs/config.md)"
-    elif "input" in err and err["type"] not in ("missing",) and not _is_secret_path(loc):
+        return "unknown key (check the spelling; see docs/config.md)"
+    if "input" in err and err["type"] != "missing" and not _is_secret_path(loc):
         shown = err["input"]
         if isinstance(shown, (str, int, float, bool)):
             message += f" (got {shown!r})"
-    return f"{source}:{line} {dotted or '(top level)'}: {message}"
+    return message
 
 
-def _is_secret_path(loc: tuple[Any, ...]) -> bool:
-    return any(p in ("api_key", "secret") for p in loc if isinstance(p, str))
+# Values never echoed in an error: provider keys and webhook secrets, URLs (a database password, a Slack
+# webhook token), and key hashes (the usual mistake there is pasting the key itself).
+_SECRET_KEYS = frozenset({"api_key", "secret", "url", "key_sha256", "password", "token"})
+
+
+def _is_secret_path(loc: Loc) -> bool:
+    return any(p in _SECRET_KEYS for p in loc if isinstance(p, str))

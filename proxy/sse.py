@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 
@@ -33,19 +34,39 @@ class EventSplitter:
 
 
 def _last_boundary(data: bytes) -> int:
+    """End of the last blank line: a line ending followed by an empty line (`\n\n`, `\r\n\r\n`, or mixed)."""
     lf = data.rfind(b"\n\n")
-    crlf = data.rfind(b"\r\n\r\n")
-    if lf < 0 and crlf < 0:
-        return 0
-    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+    crlf = data.rfind(b"\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
+
+
+_BOUNDARY = re.compile(rb"\n\r?\n")
 
 
 def split_events(block: bytes) -> list[bytes]:
-    """The raw events (each with its trailing blank line) of a block of complete events."""
-    if b"\r\n" in block:
-        block = block.replace(b"\r\n", b"\n")
-    parts = block.split(b"\n\n")
-    return [p + b"\n\n" for p in parts if p.strip()]
+    """The raw events (each with its trailing blank line) of a block of complete events.
+
+    The bytes are the ones received (CRLF stays CRLF): joined, the events give back the block, so a relay that
+    drops one event leaves every other byte as the provider sent it. Extra blank lines stay with the event
+    before them; a block of only whitespace has no events.
+    """
+    events: list[bytes] = []
+    pending = b""
+    start = 0
+    ends = [m.end() for m in _BOUNDARY.finditer(block)]
+    if not ends or ends[-1] != len(block):
+        ends.append(len(block))  # an unterminated last event (the tail of a stream cut short)
+    for end in ends:
+        piece = block[start:end]
+        start = end
+        if piece.strip():
+            events.append(pending + piece)
+            pending = b""
+        elif events:
+            events[-1] += piece
+        else:
+            pending += piece
+    return events
 
 
 def parse_event(raw: bytes) -> tuple[str | None, bytes]:

@@ -21,10 +21,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_TERMINAL_MARKERS = (b"data: [DONE]", b"event: message_stop", b"event: response.completed",
-                     b"event: response.failed", b"event: response.incomplete")
-
-
 class MeteredStream:
     """An ASGI response (Starlette accepts any callable with this shape) for one metered stream."""
 
@@ -47,13 +43,11 @@ class MeteredStream:
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(k.encode(), v.encode()) for k, v in self.headers.items()]})
             async for chunk in self.upstream.chunks():
-                out = self.meter.feed(chunk)
-                if out:
-                    if self.meter.finished and self._row is None:
-                        out = await self._finish(out)
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
+                await self._relay(self.meter.feed(chunk), send)
                 if self.client_gone:
                     break
+            else:
+                await self._relay(self.meter.tail(), send)  # a last event without its blank line
             if not self.meter.finished and not self.client_gone:
                 status, error = "error", "the provider ended the stream before its final event"
         except ProxyError as err:
@@ -78,6 +72,13 @@ class MeteredStream:
                     self.on_done()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
+    async def _relay(self, out: bytes, send: Send) -> None:
+        if not out:
+            return
+        if self.meter.finished and self._row is None:
+            out = await self._finish(out)
+        await send({"type": "http.response.body", "body": out, "more_body": True})
+
     async def _watch_disconnect(self, receive: Receive) -> None:
         while True:
             message = await receive()
@@ -90,7 +91,7 @@ class MeteredStream:
         """The stream reached its terminal event: record the call, then send the cost comment before it."""
         row = await self._record("ok", None)
         note = comment(f"spendgate cost_usd={format_usd(row.cost_nano)} request_id={self.call.request_id}")
-        cut = min((i for i in (block.find(m) for m in _TERMINAL_MARKERS) if i >= 0), default=-1)
+        cut = self.meter.terminal_start(block)
         if cut < 0:
             return block + note
         return block[:cut] + note + block[cut:]

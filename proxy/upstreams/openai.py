@@ -63,7 +63,8 @@ def text_from_event(event: Any) -> str:
     """Generated text in one stream event (for estimating a stream that ended without usage)."""
     if not isinstance(event, dict):
         return ""
-    if event.get("type", "").endswith(".delta") and isinstance(event.get("delta"), str):
+    kind = event.get("type")
+    if isinstance(kind, str) and kind.endswith(".delta") and isinstance(event.get("delta"), str):
         return str(event["delta"])  # Responses API: output_text / reasoning / function_call_arguments deltas
     parts: list[str] = []
     for choice in event.get("choices") or ():
