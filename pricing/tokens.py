@@ -95,6 +95,10 @@ class TokenCounter:
                     encoding = self._encodings[name] = tiktoken.get_encoding(name)
         return encoding
 
+    def is_loaded(self, model: str | None) -> bool:
+        """Whether counting for `model` is ready (its encoding is loaded; loading takes ~0.1-0.5 s)."""
+        return ((encoding_name_for(model) if model else None) or FALLBACK_ENCODING) in self._encodings
+
     def exact_for(self, model: str) -> bool:
         """Whether `model`'s own tokenizer is available (else counts are cl100k_base approximations)."""
         return encoding_name_for(model) is not None

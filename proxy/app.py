@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -58,10 +57,7 @@ async def _services(settings: Settings, catalog: Catalog) -> AsyncIterator[Servi
                              flush_interval=settings.store.flush_interval_ms / 1000)
         await writer.start()
         stack.push_async_callback(writer.close, 15.0)  # SQL down at exit: the rest stays in the journal
-        counter = TokenCounter()
-        # Load the encodings now, off the event loop, so the first call does not pay for it.
-        await asyncio.to_thread(counter.count_text, "warm up", "gpt-4o")
-        await asyncio.to_thread(counter.count_text, "warm up", "gpt-4")
+        counter = TokenCounter()  # encodings load on first need (~100 MB for o200k + cl100k), off the loop
         yield Services(
             settings=settings, keys=KeyRing(settings.keys),
             router=Router(settings.models, catalog, allow_unpriced=settings.pricing.unpriced == "allow"),

@@ -17,6 +17,25 @@ _USAGE = re.compile(rb'"usage"\s*:\s*\{')
 # Event names (or `type`s) that end a stream; OpenAI chat streams end with `data: [DONE]` instead.
 _OPENAI_TERMINAL = frozenset({"response.completed", "response.failed", "response.incomplete"})
 _ANTHROPIC_TERMINAL = frozenset({"message_stop"})
+_OPENAI_MARKERS = (b"data: [DONE]", b"data:[DONE]", *(b"event: " + n.encode() for n in sorted(_OPENAI_TERMINAL)))
+_ANTHROPIC_MARKERS = (b"event: message_stop",)
+_LINE_END = (b"\n", b"\r", b"")
+
+
+def _line_start(block: bytes, marker: bytes) -> int:
+    """Last offset where `marker` is a whole line of `block`, or -1."""
+    end = len(block)
+    while (i := block.rfind(marker, 0, end)) >= 0:
+        if (i == 0 or block[i - 1] in b"\r\n") and block[i + len(marker): i + len(marker) + 1] in _LINE_END:
+            return i
+        end = i
+    return -1
+
+
+def _event_start(block: bytes, line: int) -> int:
+    """Start of the event holding the line at `line` (just after the blank line before it)."""
+    lf, crlf = block.rfind(b"\n\n", 0, line), block.rfind(b"\r\n\r\n", 0, line)
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
 
 
 def _loads(data: bytes) -> Any:
@@ -49,6 +68,7 @@ class StreamMeter:
         self.fields: dict[str, int] = {}
         self.usage_final = False
         self.finished = False
+        self.terminal_offset = -1  # where the terminal event starts in the block that carried it
 
     def feed(self, chunk: bytes) -> bytes:
         block = self._splitter.feed(chunk)
@@ -62,46 +82,48 @@ class StreamMeter:
 
     def _take(self, block: bytes) -> bytes:
         self._events.append(block)
-        if not self.finished and self._terminal_in(block):
-            self.finished = True
-        if not _USAGE.search(block):
-            return block
-        out: list[bytes] = []
-        for raw, _name, data in iter_events(block):
-            if _USAGE.search(data):
-                event = _loads(data)
-                found = self._wire.usage_from_event(event)
-                if found:
-                    self.fields.update(found)
-                    if not self._anthropic or (isinstance(event, dict) and event.get("type") == "message_delta"):
-                        self.usage_final = True
-                if self._strip and openai_wire.is_usage_only(event):
-                    continue
-            out.append(raw)
-        return b"".join(out)
-
-    def _terminal_in(self, block: bytes) -> bool:
-        # A substring test alone is not enough: generated text may say "[DONE]" or "message_stop", and a
-        # false end would record the call (estimated) before the provider's usage arrives. The cheap test
-        # only picks the blocks whose events are then read.
-        names = _ANTHROPIC_TERMINAL if self._anthropic else _OPENAI_TERMINAL
-        if not any(n.encode() in block for n in names) and (self._anthropic or b"[DONE]" not in block):
-            return False
-        return self.terminal_start(block) >= 0
+        out = block
+        if _USAGE.search(block):
+            kept: list[bytes] = []
+            for raw, _name, data in iter_events(block):
+                if _USAGE.search(data):
+                    event = _loads(data)
+                    found = self._wire.usage_from_event(event)
+                    if found:
+                        self.fields.update(found)
+                        if not self._anthropic or (isinstance(event, dict) and event.get("type") == "message_delta"):
+                            self.usage_final = True
+                    if self._strip and openai_wire.is_usage_only(event):
+                        continue
+                kept.append(raw)
+            out = b"".join(kept)
+        if not self.finished:
+            at = self.terminal_start(out)
+            if at >= 0:
+                self.finished, self.terminal_offset = True, at
+        return out
 
     def terminal_start(self, block: bytes) -> int:
-        """Offset in `block` where its terminal event starts, or -1 (for placing the cost comment)."""
+        """Offset in `block` where the stream's terminal event starts, or -1.
+
+        A marker only counts at the start of a line: inside an event's JSON a newline is escaped, so text a
+        model generates ("[DONE]", "message_stop") can never look like one. Events sent without their
+        `event:` line are recognised by their `type`, parsing only blocks that mention a terminal name.
+        """
+        markers = _ANTHROPIC_MARKERS if self._anthropic else _OPENAI_MARKERS
+        found = max((_line_start(block, m) for m in markers), default=-1)
+        if found >= 0:
+            return _event_start(block, found)
         names = _ANTHROPIC_TERMINAL if self._anthropic else _OPENAI_TERMINAL
+        if not any(n.encode() in block for n in names):
+            return -1
         offset = 0
-        for raw, name, data in iter_events(block):
+        for raw, _name, data in iter_events(block):
             start = block.find(raw, offset)
             offset = start + len(raw)
-            if name in names or (not self._anthropic and data.strip() == b"[DONE]"):
+            event = _loads(data)
+            if isinstance(event, dict) and event.get("type") in names:
                 return start
-            if any(n.encode() in data for n in names):  # an event sent without its `event:` line
-                event = _loads(data)
-                if isinstance(event, dict) and event.get("type") in names:
-                    return start
         return -1
 
     @property

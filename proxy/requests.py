@@ -25,9 +25,10 @@ MAX_TOKENS_CAP = 10_000_000
 MAX_N = 128
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` (before parsing anything)."""
-    declared = request.headers.get("content-length")
+async def read_body(request: Request, limit: int, declared: str | None) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` (before parsing anything).
+
+    `declared` is the Content-Length header, if any."""
     if declared is not None:
         if not declared.isdigit():
             raise InvalidRequest("Content-Length must be a number")

@@ -10,6 +10,8 @@ from proxy.errors import InvalidRequest, ModelNotFound
 from proxy.settings import ModelConfig
 from proxy.upstreams.base import Deployment
 
+_MEMO_LIMIT = 10_000
+
 
 class Router:
     """Exact names first, then wildcard patterns (`claude-*`) in config order."""
@@ -19,6 +21,8 @@ class Router:
         self._allow_unpriced = allow_unpriced
         self._exact: dict[str, Deployment] = {}
         self._patterns: list[ModelConfig] = []
+        # Wildcard resolutions, memoised: building a Deployment and pricing it on every call is wasted work.
+        self._resolved: dict[str, Deployment] = {}
         self.configs: list[ModelConfig] = list(models)
         for m in self.configs:
             if m.is_wildcard:
@@ -30,9 +34,15 @@ class Router:
         found = self._exact.get(model)
         if found is not None:
             return found
+        found = self._resolved.get(model)
+        if found is not None:
+            return found
         for m in self._patterns:
             if fnmatch.fnmatchcase(model, m.name):
-                return self._deployment(m, model)
+                deployment = self._deployment(m, model)
+                if len(self._resolved) < _MEMO_LIMIT:  # bounded: clients choose these names
+                    self._resolved[model] = deployment
+                return deployment
         raise ModelNotFound(f"model {model!r} is not configured on this spendgate (see GET /v1/models)",
                             param="model")
 

@@ -91,7 +91,7 @@ class MeteredStream:
         """The stream reached its terminal event: record the call, then send the cost comment before it."""
         row = await self._record("ok", None)
         note = comment(f"spendgate cost_usd={format_usd(row.cost_nano)} request_id={self.call.request_id}")
-        cut = self.meter.terminal_start(block)
+        cut = self.meter.terminal_offset
         if cut < 0:
             return block + note
         return block[:cut] + note + block[cut:]
@@ -101,7 +101,7 @@ class MeteredStream:
             return self._row
         usage, source = self.meter.usage, "provider"
         if usage is None:
-            usage = self.call.estimate(self.meter.generated_text(), self.meter.fields)
+            usage = await self.call.estimate(self.meter.generated_text(), self.meter.fields)
             source = "estimated"
         row = self.call.row(status=status, http_status=200, usage=usage, source=source, error=error)
         self._row = row

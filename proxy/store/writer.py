@@ -123,8 +123,15 @@ class UsageWriter:
                 await asyncio.sleep(self._backoff_min)
 
     async def _drain(self, *, retry: bool) -> None:
+        """Write what was accepted before this call, in batches of at most `batch_max`.
+
+        Records arriving meanwhile wait for the next wake-up (a full batch, a flush, or `flush_interval`):
+        draining them at once would degrade into one-row inserts under steady load, and a one-row insert
+        costs ~25x the CPU per row of a 500-row one.
+        """
         backoff = self._backoff_min
-        while self._buffer:
+        target = self._accepted
+        while self._buffer and self._done < target:
             batch = self._buffer[: self._batch_max]
             try:
                 inserted = await self._insert(batch)

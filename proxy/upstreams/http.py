@@ -90,17 +90,28 @@ class HttpUpstream:
         self._session = session
         self._connect = connect_timeout
         self._read = read_timeout
+        # Per (route, endpoint): the fixed headers and timeout, built once instead of on every call.
+        self._prepared: dict[tuple[str, str], tuple[dict[str, str], aiohttp.ClientTimeout]] = {}
+
+    def _prepare(self, dep: Deployment, endpoint: str) -> tuple[dict[str, str], aiohttp.ClientTimeout]:
+        key = (dep.name, endpoint)
+        found = self._prepared.get(key)
+        if found is None:
+            headers = {"content-type": "application/json", "accept": "*/*", **auth_headers(dep)}
+            if endpoint in ANTHROPIC_ENDPOINTS:
+                headers["anthropic-version"] = "2023-06-01"
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._connect,
+                                            sock_read=dep.timeout_s or self._read)
+            found = self._prepared[key] = (headers, timeout)
+        return found
 
     async def open(self, request: UpstreamRequest) -> HttpResponse:
         dep = request.deployment
         label = f"provider {dep.provider!r} (model {dep.name!r})"
-        headers = {"content-type": "application/json", "accept": request.headers.get("accept", "*/*")}
-        headers.update((k, v) for k, v in request.headers.items() if k != "accept")
-        headers.update(auth_headers(dep))
-        if request.endpoint in ANTHROPIC_ENDPOINTS:
-            headers.setdefault("anthropic-version", "2023-06-01")
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._connect,
-                                        sock_read=dep.timeout_s or self._read)
+        fixed, timeout = self._prepare(dep, request.endpoint)
+        # The client's provider options (an allow-list: anthropic-version, -beta, openai-beta, accept) win
+        # over the defaults; credentials cannot be among them.
+        headers = {**fixed, **request.headers} if request.headers else fixed
         url = upstream_url(dep, request.endpoint, request.query)
         try:
             resp = await self._session.post(url, data=request.raw, headers=headers, timeout=timeout,

@@ -57,6 +57,8 @@ class MockUpstream:
         if dep.mock.latency_ms:
             await asyncio.sleep(dep.mock.latency_ms / 1000)
         self._seq += 1
+        if not self._counter.is_loaded(dep.upstream_model):  # first call: load the encoding off the loop
+            await asyncio.to_thread(self._counter.count_text, "", dep.upstream_model)
         reply = _Reply(self, request)
         gap = dep.mock.chunk_gap_ms / 1000
         if request.endpoint == "count_tokens":

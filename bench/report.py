@@ -1,0 +1,138 @@
+"""Turns measured cells into the Markdown report `make bench` prints: medians per cell, then the CPU ratios."""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from bench.procs import machine_info
+
+REFERENCE, SUBJECT = "bare aiohttp", "spendgate"
+
+
+@dataclass(slots=True)
+class Cell:
+    """One measured (target, scenario) repetition; latencies in seconds, CPU in ms per request."""
+
+    scenario: str
+    concurrency: int
+    target: str
+    stream: bool
+    requests: int
+    rps: float
+    latencies: list[float]
+    ttfbs: list[float]
+    errors: int
+    error_samples: list[str] = field(default_factory=list)
+    cpu_ms: float | None = None
+    rss_mb: float | None = None
+    client_cpu_pct: float = 0.0
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (pct in 0..100) of unsorted values; 0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """The median over repetitions of one (scenario, concurrency, target)."""
+
+    scenario: str
+    concurrency: int
+    target: str
+    stream: bool
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    ttfb_ms: float
+    cpu_ms: float | None
+    rss_mb: float | None
+    errors: int
+    client_cpu_pct: float
+
+
+def aggregate(cells: Sequence[Cell]) -> list[Row]:
+    groups: dict[tuple[str, int, str], list[Cell]] = {}
+    for c in cells:
+        groups.setdefault((c.scenario, c.concurrency, c.target), []).append(c)
+    rows = []
+    for (scenario, conc, target), cs in groups.items():
+        cpus = [c.cpu_ms for c in cs if c.cpu_ms is not None]
+        rss = [c.rss_mb for c in cs if c.rss_mb is not None]
+        rows.append(Row(
+            scenario=scenario, concurrency=conc, target=target, stream=cs[0].stream,
+            rps=statistics.median(c.rps for c in cs),
+            p50_ms=1000 * statistics.median(percentile(c.latencies, 50) for c in cs),
+            p99_ms=1000 * statistics.median(percentile(c.latencies, 99) for c in cs),
+            ttfb_ms=1000 * statistics.median(percentile(c.ttfbs, 50) for c in cs),
+            cpu_ms=statistics.median(cpus) if cpus else None, rss_mb=max(rss) if rss else None,
+            errors=sum(c.errors for c in cs), client_cpu_pct=statistics.median(c.client_cpu_pct for c in cs),
+        ))
+    order = {"direct": 0, "bare aiohttp": 1, "bare httpx": 2, "spendgate": 3}
+    rows.sort(key=lambda r: (r.stream, r.concurrency, order.get(r.target, 9)))
+    return rows
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def render(cells: Sequence[Cell], *, reps: int, target: float, notes: Sequence[str] = ()) -> tuple[str, int]:
+    """The whole report as Markdown, and the total count of failed requests."""
+    rows = aggregate(cells)
+    cores = os.cpu_count() or 0
+    out = ["# spendgate benchmark", ""]
+    out += [f"- {line}" for line in machine_info()]
+    out.append(f"- The load generator, the fake upstream and the proxy under test share these {cores} cores, so "
+               "req/s and latency are bounded by contention; proxy CPU ms/req is the comparable figure.")
+    out.append(f"- Each cell is the median of {reps} repetition(s); targets interleaved per scenario. "
+               "Requests per cell: " + ", ".join(sorted({f'{c.scenario} c={c.concurrency}: {c.requests}'
+                                                        for c in cells})))
+    out += ["", "| scenario | concurrency | target | req/s | p50 ms | p99 ms | TTFB p50 ms | proxy CPU ms/req "
+            "| peak RSS MB | errors | client CPU % |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r.scenario} | {r.concurrency} | {r.target} | {r.rps:.0f} | {r.p50_ms:.2f} | "
+                   f"{r.p99_ms:.2f} | {_fmt(r.ttfb_ms) if r.stream else '-'} | {_fmt(r.cpu_ms, 3)} | "
+                   f"{_fmt(r.rss_mb, 1)} | {r.errors} | {r.client_cpu_pct:.0f} |")
+    out += ["", f"## spendgate / bare aiohttp CPU ratio (target <= {target}x)", "",
+            "| scenario | concurrency | bare aiohttp CPU ms/req | spendgate CPU ms/req | ratio | verdict "
+            "| bare httpx / bare aiohttp |", "|---|---:|---:|---:|---:|---|---:|"]
+    by_key = {(r.scenario, r.concurrency, r.target): r for r in rows}
+    ratios = []
+    for r in rows:
+        if r.target != REFERENCE:
+            continue
+        ref = r.cpu_ms
+        sub = by_key.get((r.scenario, r.concurrency, SUBJECT))
+        httpx = by_key.get((r.scenario, r.concurrency, "bare httpx"))
+        if not ref or sub is None or sub.cpu_ms is None:
+            continue
+        ratio = sub.cpu_ms / ref
+        ratios.append(ratio)
+        hx = f"{httpx.cpu_ms / ref:.2f}x" if httpx and httpx.cpu_ms is not None else "n/a"
+        out.append(f"| {r.scenario} | {r.concurrency} | {ref:.3f} | {sub.cpu_ms:.3f} | {ratio:.2f}x | "
+                   f"{'PASS' if ratio <= target else 'FAIL'} | {hx} |")
+    if ratios:
+        overall = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+        out += ["", f"**Overall (geometric mean of {len(ratios)} scenarios): {overall:.2f}x -> "
+                f"{'PASS' if overall <= target else 'FAIL'}** (target <= {target}x)"]
+    errors = sum(r.errors for r in rows)
+    if errors:
+        out += ["", f"## Errors: {errors} failed requests"]
+        seen: set[str] = set()
+        for c in cells:
+            for sample in c.error_samples:
+                if sample not in seen:
+                    seen.add(sample)
+                    out.append(f"- {c.target} ({c.scenario} c={c.concurrency}): {sample}")
+    if notes:
+        out += ["", *(f"- {n}" for n in notes)]
+    return "\n".join(out) + "\n", errors
