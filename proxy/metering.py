@@ -9,7 +9,7 @@ import orjson
 
 from pricing.tokens import TokenCounter
 from pricing.usage import Usage
-from proxy.sse import EventSplitter, iter_events
+from proxy.sse import EventSplitter, iter_events, parse_event
 from proxy.upstreams import anthropic as anthropic_wire
 from proxy.upstreams import openai as openai_wire
 
@@ -30,6 +30,12 @@ def _line_start(block: bytes, marker: bytes) -> int:
             return i
         end = i
     return -1
+
+
+def _event_end(block: bytes, pos: int) -> int:
+    """End of the event holding offset `pos` (just after its blank line), or the end of the block."""
+    ends = [i + n for i, n in ((block.find(b"\n\n", pos), 2), (block.find(b"\r\n\r\n", pos), 4)) if i >= 0]
+    return min(ends) if ends else len(block)
 
 
 def _event_start(block: bytes, line: int) -> int:
@@ -82,26 +88,35 @@ class StreamMeter:
 
     def _take(self, block: bytes) -> bytes:
         self._events.append(block)
-        out = block
-        if _USAGE.search(block):
-            kept: list[bytes] = []
-            for raw, _name, data in iter_events(block):
-                if _USAGE.search(data):
-                    event = _loads(data)
-                    found = self._wire.usage_from_event(event)
-                    if found:
-                        self.fields.update(found)
-                        if not self._anthropic or (isinstance(event, dict) and event.get("type") == "message_delta"):
-                            self.usage_final = True
-                    if self._strip and openai_wire.is_usage_only(event):
-                        continue
-                kept.append(raw)
-            out = b"".join(kept)
+        out = self._take_usage(block) if _USAGE.search(block) else block
         if not self.finished:
             at = self.terminal_start(out)
             if at >= 0:
                 self.finished, self.terminal_offset = True, at
         return out
+
+    def _take_usage(self, block: bytes) -> bytes:
+        """Read the events that carry usage (found by regex; the others are not even split) and drop the
+        usage-only chunk the client did not ask for. Every other byte passes as received."""
+        kept: list[bytes] = []
+        keep_from = scanned_to = 0
+        for match in _USAGE.finditer(block):
+            if match.start() < scanned_to:
+                continue
+            start, end = _event_start(block, match.start()), _event_end(block, match.end())
+            scanned_to = end
+            _name, data = parse_event(block[start:end])
+            event = _loads(data)
+            found = self._wire.usage_from_event(event)
+            if found:
+                self.fields.update(found)
+                if not self._anthropic or (isinstance(event, dict) and event.get("type") == "message_delta"):
+                    self.usage_final = True
+            if self._strip and openai_wire.is_usage_only(event):
+                kept.append(block[keep_from:start])
+                keep_from = end
+        kept.append(block[keep_from:])
+        return b"".join(kept)
 
     def terminal_start(self, block: bytes) -> int:
         """Offset in `block` where the stream's terminal event starts, or -1.
