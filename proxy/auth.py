@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import hmac
 import secrets
@@ -23,6 +24,13 @@ class Principal:
     role: str
     project: str | None = None
     agent: str | None = None
+    allowed_models: tuple[str, ...] | None = None
+
+    def may_use(self, model: str) -> bool:
+        """Whether this key may call `model` (no `allowed_models` list: any configured model)."""
+        if self.allowed_models is None:
+            return True
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.allowed_models)
 
     @property
     def all_orgs(self) -> bool:
@@ -49,7 +57,8 @@ class KeyRing:
 
     def __init__(self, keys: Iterable[KeyConfig]) -> None:
         self._by_hash: dict[str, tuple[str, Principal]] = {
-            k.key_sha256: (k.key_sha256, Principal(k.name, k.org, k.role, k.project, k.agent)) for k in keys
+            k.key_sha256: (k.key_sha256, Principal(k.name, k.org, k.role, k.project, k.agent, k.allowed_models))
+            for k in keys
         }
 
     def __len__(self) -> int:

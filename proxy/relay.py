@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +18,7 @@ from pricing.cost import cost_nano
 from pricing.money import format_usd
 from pricing.usage import Usage
 from proxy.attribution import attribute
-from proxy.errors import Family, ProxyError, ServiceUnavailable, error_response
+from proxy.errors import Family, Forbidden, ProxyError, ServiceUnavailable, error_response
 from proxy.metering import estimate_usage, generated_text_from_json, usage_from_json
 from proxy.requests import check_body, forwarded_headers, parse_json_object, read_body
 from proxy.services import Services
@@ -57,7 +57,23 @@ class Call:
     body: dict[str, Any]
     stream: bool
     client_wants_usage: bool = False
-    extra_headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes = b""  # `body` as it goes on the wire
+
+    def prepare(self, raw: bytes, changed: bool) -> None:
+        """Point the body at this deployment's upstream model; serialise again only if anything changed."""
+        if self.body["model"] != self.deployment.upstream_model:
+            self.body["model"] = self.deployment.upstream_model
+            changed = True
+        self.raw = orjson.dumps(self.body) if changed else raw
+
+    def retry_on(self, deployment: Deployment) -> Call:
+        """The next attempt of this call on another deployment: a new request id that records `retry_of`."""
+        body = dict(self.body)
+        nxt = Call(self.services, self.endpoint, new_request_id(), datetime.now(UTC),
+                   replace(self.attribution, retry_of=self.request_id), deployment, body, self.stream,
+                   self.client_wants_usage)
+        nxt.prepare(self.raw, False)
+        return nxt
 
     @property
     def anthropic(self) -> bool:
@@ -118,11 +134,11 @@ async def handle(request: Request, endpoint: Endpoint) -> Reply:
     try:
         headers = header_map(request)
         try:
-            call, raw = await _admit(services, request, headers, endpoint, request_id)
+            call, chain = await _admit(services, request, headers, endpoint, request_id)
         except ProxyError as err:
             return error_response(err, family, request_id)
         query = request.scope.get("query_string", b"").decode("latin-1")
-        response = await _forward(call, raw, query, headers, family)
+        response = await _forward(call, chain, query, headers, family)
         if isinstance(response, MeteredStream):
             response.on_done = services.end_call  # the stream records its row after this returns
             handed_off = True
@@ -133,7 +149,7 @@ async def handle(request: Request, endpoint: Endpoint) -> Reply:
 
 
 async def _admit(services: Services, request: Request, headers: dict[str, str], endpoint: Endpoint,
-                 request_id: str) -> tuple[Call, bytes]:
+                 request_id: str) -> tuple[Call, tuple[Deployment, ...]]:
     if services.draining:
         raise ServiceUnavailable("spendgate is shutting down; retry against another replica")
     started = datetime.now(UTC)
@@ -142,8 +158,9 @@ async def _admit(services: Services, request: Request, headers: dict[str, str], 
     body = parse_json_object(raw)
     check_body(endpoint, body)
     attribution, changed = attribute(principal, headers, body)
-    deployment = services.router.resolve(body["model"])
-    services.upstream_for(deployment, endpoint)  # refuses endpoint/provider pairs it cannot serve, early
+    if not principal.may_use(body["model"]):
+        raise Forbidden(f"this key may not use model {body['model']!r}")
+    chain = _servable(services, services.router.resolve(body["model"]), endpoint)
     stream = body.get("stream") is True and endpoint != "embeddings"
     options = body.get("stream_options")
     wants_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -151,33 +168,77 @@ async def _admit(services: Services, request: Request, headers: dict[str, str], 
         # Ask the provider for usage; the extra chunk is stripped again before the client sees it.
         body["stream_options"] = {**(options or {}), "include_usage": True}
         changed = True
-    if deployment.upstream_model != body["model"]:
-        body["model"] = deployment.upstream_model
-        changed = True
-    call = Call(services, endpoint, request_id, started, attribution, deployment, body, stream, wants_usage)
-    return call, orjson.dumps(body) if changed else raw
+    call = Call(services, endpoint, request_id, started, attribution, chain[0], body, stream, wants_usage)
+    call.prepare(raw, changed)
+    return call, chain
 
 
-async def _forward(call: Call, raw: bytes, query: str, headers: dict[str, str], family: Family) -> Reply:
-    services = call.services
-    upstream = services.upstream_for(call.deployment, call.endpoint)
-    upstream_request = UpstreamRequest(
-        endpoint=call.endpoint, deployment=call.deployment, body=call.body, raw=raw, stream=call.stream,
-        query=query, headers=forwarded_headers(headers), request_id=call.request_id,
-    )
+def _servable(services: Services, chain: tuple[Deployment, ...], endpoint: Endpoint) -> tuple[Deployment, ...]:
+    """The chain less the deployments that cannot serve this endpoint; refused early if none can."""
+    usable: list[Deployment] = []
+    first_error: ProxyError | None = None
+    for deployment in chain:
+        try:
+            services.upstream_for(deployment, endpoint)
+        except ProxyError as err:
+            first_error = first_error or err
+            continue
+        usable.append(deployment)
+    if not usable:
+        assert first_error is not None
+        raise first_error
+    return tuple(usable)
+
+
+def _retryable(status: int) -> bool:
+    """Failures worth another deployment: the provider is down, overloaded or rate-limiting us."""
+    return status in (408, 429, 529) or 500 <= status < 600
+
+
+async def _forward(call: Call, chain: tuple[Deployment, ...], query: str, headers: dict[str, str],
+                   family: Family) -> Reply:
+    """Try the chain in order; every failed attempt is its own row, and the next one records `retry_of`."""
+    forwarded = forwarded_headers(headers)
+    for attempt, deployment in enumerate(chain):
+        if attempt:
+            call = call.retry_on(deployment)
+        last = attempt == len(chain) - 1
+        upstream = call.services.upstream_for(deployment, call.endpoint)
+        upstream_request = UpstreamRequest(
+            endpoint=call.endpoint, deployment=deployment, body=call.body, raw=call.raw, stream=call.stream,
+            query=query, headers=forwarded, request_id=call.request_id,
+        )
+        try:
+            resp = await upstream.open(upstream_request)
+        except ProxyError as err:
+            await call.record(call.row(status="error", http_status=err.status, usage=None, source="provider",
+                                       error=err.code))
+            if not last and _retryable(err.status):
+                continue
+            return error_response(err, family, call.request_id)
+        except asyncio.CancelledError:
+            await call.record(await call.cancelled_row("cancelled before the provider answered"))
+            raise
+        if not last and _retryable(resp.status):
+            await _discard(call, resp)
+            continue
+        ours = {"x-spendgate-request-id": call.request_id}
+        if resp.status >= 400 or not call.stream:
+            return await _finish_whole(call, resp, ours, family)
+        return MeteredStream(call, resp, ours)
+    raise AssertionError("unreachable: the chain is never empty")
+
+
+async def _discard(call: Call, resp: Any) -> None:
+    """A failed attempt that will be retried elsewhere: read its error (for the connection's sake) and record it."""
     try:
-        resp = await upstream.open(upstream_request)
-    except ProxyError as err:
-        await call.record(call.row(status="error", http_status=err.status, usage=None, source="provider",
-                                   error=err.code))
-        return error_response(err, family, call.request_id)
-    except asyncio.CancelledError:
-        await call.record(await call.cancelled_row("cancelled before the provider answered"))
-        raise
-    ours = {"x-spendgate-request-id": call.request_id}
-    if resp.status >= 400 or not call.stream:
-        return await _finish_whole(call, resp, ours, family)
-    return MeteredStream(call, resp, ours)
+        await resp.read()
+    except ProxyError:
+        pass
+    finally:
+        resp.close()
+    await call.record(call.row(status="error", http_status=resp.status, usage=None, source="provider",
+                               error=f"provider answered {resp.status}; retried on the next deployment"))
 
 
 async def _finish_whole(call: Call, resp: Any, ours: dict[str, str], family: Family) -> Response:

@@ -14,40 +14,44 @@ _MEMO_LIMIT = 10_000
 
 
 class Router:
-    """Exact names first, then wildcard patterns (`claude-*`) in config order."""
+    """Exact names first, then wildcard patterns (`claude-*`) in config order.
+
+    Entries sharing a name form a fallback chain: `resolve` returns them in file order, and a call that
+    fails on one (connection error, timeout, 429 or 5xx before anything reached the client) moves on to
+    the next.
+    """
 
     def __init__(self, models: Iterable[ModelConfig], catalog: Catalog, *, allow_unpriced: bool) -> None:
         self._catalog = catalog
         self._allow_unpriced = allow_unpriced
-        self._exact: dict[str, Deployment] = {}
-        self._patterns: list[ModelConfig] = []
-        # Wildcard resolutions, memoised: building a Deployment and pricing it on every call is wasted work.
-        self._resolved: dict[str, Deployment] = {}
         self.configs: list[ModelConfig] = list(models)
+        self._chains: dict[str, list[ModelConfig]] = {}
         for m in self.configs:
-            if m.is_wildcard:
-                self._patterns.append(m)
-            else:
-                self._exact[m.name] = self._deployment(m, m.name)
+            self._chains.setdefault(m.name, []).append(m)
+        self._exact: dict[str, tuple[Deployment, ...]] = {
+            name: tuple(self._deployment(m, name) for m in chain)
+            for name, chain in self._chains.items() if "*" not in name
+        }
+        self._patterns = [name for name in self._chains if "*" in name]
+        # Wildcard resolutions, memoised: building Deployments and pricing them on every call is wasted work.
+        self._resolved: dict[str, tuple[Deployment, ...]] = {}
 
-    def resolve(self, model: str) -> Deployment:
-        found = self._exact.get(model)
+    def resolve(self, model: str) -> tuple[Deployment, ...]:
+        """The deployments for `model`, first choice first (at least one)."""
+        found = self._exact.get(model) or self._resolved.get(model)
         if found is not None:
             return found
-        found = self._resolved.get(model)
-        if found is not None:
-            return found
-        for m in self._patterns:
-            if fnmatch.fnmatchcase(model, m.name):
-                deployment = self._deployment(m, model)
+        for pattern in self._patterns:
+            if fnmatch.fnmatchcase(model, pattern):
+                chain = tuple(self._deployment(m, model) for m in self._chains[pattern])
                 if len(self._resolved) < _MEMO_LIMIT:  # bounded: clients choose these names
-                    self._resolved[model] = deployment
-                return deployment
+                    self._resolved[model] = chain
+                return chain
         raise ModelNotFound(f"model {model!r} is not configured on this spendgate (see GET /v1/models)",
                             param="model")
 
     def model_names(self) -> list[str]:
-        return [m.name for m in self.configs]
+        return list(self._chains)
 
     def _deployment(self, m: ModelConfig, requested: str) -> Deployment:
         upstream = m.upstream_model or requested
@@ -55,7 +59,7 @@ class Router:
             name=m.name, requested=requested, provider=m.provider, upstream_model=upstream,
             price=self._price(m, requested), api_base=m.api_base, api_key=m.api_key,
             api_version=m.api_version, default_max_output_tokens=m.default_max_output_tokens,
-            timeout_s=m.timeout_s, mock=m.mock,
+            timeout_s=m.timeout_s, mock=m.mock, position=self._chains[m.name].index(m),
         )
 
     def _price(self, m: ModelConfig, requested: str) -> ModelPrice | None:

@@ -118,6 +118,7 @@ class KeyConfig(BaseModel):
     project: str | None = None
     agent: str | None = None
     role: Literal["agent", "viewer", "admin"] = "agent"
+    allowed_models: tuple[str, ...] | None = None  # model names or `*` patterns this key may call
 
     @field_validator("key_sha256")
     @classmethod
@@ -135,15 +136,6 @@ class Settings(BaseModel):
     pricing: PricingConfig = PricingConfig()
     models: list[ModelConfig] = Field(default_factory=list)
     keys: list[KeyConfig] = Field(default_factory=list)
-
-    @field_validator("models")
-    @classmethod
-    def _unique_models(cls, v: list[ModelConfig]) -> list[ModelConfig]:
-        names = [m.name for m in v]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"model names must be unique (repeated: {', '.join(dupes)})")
-        return v
 
     @field_validator("keys")
     @classmethod
@@ -242,7 +234,8 @@ def _repeated_entries(data: Mapping[str, Any], lines: Mapping[Loc, int]) -> list
     Checked on the raw data so that they are reported together with every other problem (the Settings
     validators only run once every entry is valid)."""
     problems: list[Problem] = []
-    checks = (("models", "name", "model name"), ("keys", "name", "key name"), ("keys", "key_sha256", "key hash"))
+    # Model names may repeat: entries with one name form a fallback chain, tried in file order.
+    checks = (("keys", "name", "key name"), ("keys", "key_sha256", "key hash"))
     for section, attr, what in checks:
         entries = data.get(section)
         if not isinstance(entries, list):

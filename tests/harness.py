@@ -25,6 +25,7 @@ AGENT = "sk-test-agent-acme-0001"  # org acme, agent role pinned to project web 
 VIEWER = "sk-test-viewer-acme-0001"  # org acme, viewer
 OTHER = "sk-test-admin-globex-001"  # org globex, admin
 ROOT = "sk-test-root-all-orgs-01"  # org "*", admin
+LIMITED = "sk-test-limited-acme-001"  # org acme, agent, may only call fake-* models
 
 KEYS = [
     {"name": "admin", "key_sha256": hash_key(ADMIN), "org": "acme", "role": "admin"},
@@ -33,6 +34,8 @@ KEYS = [
     {"name": "viewer", "key_sha256": hash_key(VIEWER), "org": "acme", "role": "viewer"},
     {"name": "globex", "key_sha256": hash_key(OTHER), "org": "globex", "role": "admin"},
     {"name": "root", "key_sha256": hash_key(ROOT), "org": "*", "role": "admin"},
+    {"name": "limited", "key_sha256": hash_key(LIMITED), "org": "acme", "role": "agent",
+     "allowed_models": ["fake-*"]},
 ]
 
 
@@ -48,6 +51,14 @@ def test_models(up: FakeUpstream, closed_port: int) -> list[dict[str, Any]]:
         {"name": "dead-*", "provider": "openai", "api_base": f"http://127.0.0.1:{closed_port}/v1",
          "price_as": "gpt-4o-mini"},
         {"name": "mock", "provider": "mock", "price_as": "gpt-4o-mini", "mock": {"output_tokens": 12}},
+        # Fallback chains: entries sharing a name are tried in order.
+        {"name": "chain-down", "provider": "openai", "api_base": f"http://127.0.0.1:{closed_port}/v1",
+         "price_as": "gpt-4o-mini"},
+        {"name": "chain-down", "upstream_model": "fake-in21-out4", "price_as": "gpt-4o-mini", **openai},
+        {"name": "chain-503", "upstream_model": "fake-err503", "price_as": "gpt-4o-mini", **openai},
+        {"name": "chain-503", "upstream_model": "fake-in22-out5", "price_as": "gpt-4o", **openai},
+        {"name": "chain-400", "upstream_model": "fake-err400", "price_as": "gpt-4o-mini", **openai},
+        {"name": "chain-400", "upstream_model": "fake-in23-out6", "price_as": "gpt-4o-mini", **openai},
     ]
 
 

@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from proxy.errors import NotMetered, error_response
+from proxy.errors import NotMetered, ProxyError, error_response
 from proxy.relay import Reply, handle, new_request_id
 from proxy.services import Services
 
@@ -31,11 +31,11 @@ async def responses(request: Request) -> Reply:
 async def list_models(request: Request) -> Response:
     services: Services = request.app.state.services
     try:
-        services.keys.authenticate(request.headers)
-    except Exception as err:  # only ProxyError is raised here
-        return error_response(err)  # type: ignore[arg-type]
+        principal = services.keys.authenticate(request.headers)
+    except ProxyError as err:
+        return error_response(err)
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "spendgate"}
-            for name in services.router.model_names()]
+            for name in services.router.model_names() if principal.may_use(name)]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 

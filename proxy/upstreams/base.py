@@ -51,6 +51,7 @@ class Deployment:
     default_max_output_tokens: int | None = None
     timeout_s: float | None = None
     mock: MockOptions = MockOptions()  # frozen: one shared default is safe
+    position: int = 0  # place in its name's fallback chain (0 = first choice)
 
 
 @dataclass(slots=True)

@@ -91,10 +91,10 @@ class HttpUpstream:
         self._connect = connect_timeout
         self._read = read_timeout
         # Per (route, endpoint): the fixed headers and timeout, built once instead of on every call.
-        self._prepared: dict[tuple[str, str], tuple[dict[str, str], aiohttp.ClientTimeout]] = {}
+        self._prepared: dict[tuple[str, int, str], tuple[dict[str, str], aiohttp.ClientTimeout]] = {}
 
     def _prepare(self, dep: Deployment, endpoint: str) -> tuple[dict[str, str], aiohttp.ClientTimeout]:
-        key = (dep.name, endpoint)
+        key = (dep.name, dep.position, endpoint)
         found = self._prepared.get(key)
         if found is None:
             headers = {"content-type": "application/json", "accept": "*/*", **auth_headers(dep)}

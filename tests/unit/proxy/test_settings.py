@@ -241,20 +241,17 @@ def test_key_sha256_must_be_64_hex_digits(bad: str) -> None:
 # --- repeats -----------------------------------------------------------------------------------------------
 
 
-def test_repeated_model_names_are_reported_at_the_repeat() -> None:
-    text = yaml_text("""
+def test_repeated_model_names_form_a_fallback_chain() -> None:
+    settings = parse_settings(yaml_text("""
         models:
           - {name: a, provider: mock}
           - {name: b, provider: mock}
-          - {name: a, provider: mock}
-    """)
-    assert errors(text) == [
-        f"config.yaml:{line_of(text, 'name: a', 2)} models[2].name: model name 'a' is repeated "
-        "(first in models[0]); each must be unique"
-    ]
+          - {name: a, provider: mock, price_as: gpt-4o}
+    """))
+    assert [(m.name, m.price_as) for m in settings.models] == [("a", None), ("b", None), ("a", "gpt-4o")]
 
 
-def test_repeated_model_names_are_reported_together_with_other_problems() -> None:
+def test_problems_in_a_fallback_chain_are_reported_together() -> None:
     text = yaml_text("""
         models:
           - {name: a, provider: mock}
@@ -262,10 +259,9 @@ def test_repeated_model_names_are_reported_together_with_other_problems() -> Non
           - {name: c, provider: mock, mock: {output_tokens: 0}}
     """)
     lines = errors(text)
-    assert len(lines) == 3, lines
-    assert lines[0].startswith(f"config.yaml:{line_of(text, 'name: a', 2)} models[1].name: model name 'a'")
-    assert lines[1].startswith(f"config.yaml:{line_of(text, 'name: a', 2)} models[1].default_max_output_tokens:")
-    assert lines[2].startswith(f"config.yaml:{line_of(text, 'name: c')} models[2].mock.output_tokens:")
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"config.yaml:{line_of(text, 'name: a', 2)} models[1].default_max_output_tokens:")
+    assert lines[1].startswith(f"config.yaml:{line_of(text, 'name: c')} models[2].mock.output_tokens:")
 
 
 def test_repeated_key_names_and_hashes_are_reported() -> None:
@@ -289,9 +285,8 @@ def test_repeated_key_names_and_hashes_are_reported() -> None:
     ]
 
 
-def test_settings_built_in_code_still_refuse_repeats() -> None:
-    with pytest.raises(ValidationError, match="unique"):
-        Settings.model_validate({"models": [{"name": "a", "provider": "mock"}] * 2})
+def test_settings_built_in_code_still_refuse_repeated_keys() -> None:
+    assert len(Settings.model_validate({"models": [{"name": "a", "provider": "mock"}] * 2}).models) == 2
     key = {"name": "a", "org": "o", "key_sha256": HASH_A}
     with pytest.raises(ValidationError, match="unique"):
         Settings.model_validate({"keys": [key, {**key, "name": "b"}]})
