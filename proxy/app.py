@@ -19,7 +19,7 @@ from proxy.errors import MethodNotAllowed, NotFound, ProxyError, error_response,
 from proxy.routes import anthropic, api, health, openai
 from proxy.routing import Router, check_prices
 from proxy.services import Services
-from proxy.settings import ConfigError, Settings
+from proxy.settings import ConfigError, Settings, line_of
 from proxy.store.db import Store
 from proxy.store.journal import Journal
 from proxy.store.writer import UsageWriter
@@ -30,13 +30,17 @@ from proxy.upstreams.translated import TranslatedUpstream
 log = logging.getLogger(__name__)
 
 
-def load_catalog(settings: Settings, source: str = "config.yaml") -> Catalog:
-    """The price catalog with overrides; every fixed model route must be priced (or unpriced: allow)."""
+def load_catalog(settings: Settings, source: str = "config.yaml", text: str | None = None) -> Catalog:
+    """The price catalog with overrides; every fixed model route must be priced (or unpriced: allow).
+
+    With the config's `text`, each problem names its line like every other config error."""
     catalog = Catalog.load(settings.pricing.overrides)
     allow = settings.pricing.unpriced == "allow"
     problems = check_prices(settings.models, catalog, allow_unpriced=allow)
     if problems:
-        raise ConfigError([f"{source}: {p}" for p in problems])
+        raise ConfigError([
+            f"{source}:{line_of(text, loc) if text is not None else 1} {loc[0]}[{loc[1]}].{loc[2]}: {message}"
+            for loc, message in problems])
     return catalog
 
 

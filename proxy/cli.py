@@ -22,7 +22,7 @@ def _load(path: Path) -> Settings:
 
     settings = load_settings(path)
     try:
-        load_catalog(settings, str(path))
+        load_catalog(settings, str(path), path.read_text(encoding="utf-8"))
     except PricingError as exc:  # the bundled catalog is missing or broken: one line, not a traceback
         raise ConfigError([f"{path}: {exc}"]) from None
     return settings

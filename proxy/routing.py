@@ -73,14 +73,16 @@ class Router:
         return price
 
 
-def check_prices(models: Iterable[ModelConfig], catalog: Catalog, *, allow_unpriced: bool) -> list[str]:
-    """Problems to report at config load: every fixed (non-wildcard) route must be priced."""
-    problems = []
+def check_prices(models: Iterable[ModelConfig], catalog: Catalog, *,
+                 allow_unpriced: bool) -> list[tuple[tuple[str, int, str], str]]:
+    """Problems to report at config load, as (path, message): every fixed (non-wildcard) route must be priced."""
+    problems: list[tuple[tuple[str, int, str], str]] = []
     for i, m in enumerate(models):
         if m.is_wildcard and not m.price_as:
             continue
         target = m.price_as or m.upstream_model or m.name
         if catalog.find(target) is None and not allow_unpriced:
-            problems.append(f"models[{i}].price_as: no price known for {target!r}; name a catalog model in "
-                            "`price_as`, add it to `pricing.overrides`, or set `pricing.unpriced: allow`")
+            problems.append((("models", i, "price_as"),
+                             f"no price known for {target!r}; name a catalog model in `price_as`, add it to "
+                             "`pricing.overrides`, or set `pricing.unpriced: allow`"))
     return problems

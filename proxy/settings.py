@@ -147,6 +147,16 @@ class Settings(BaseModel):
         return v
 
 
+def line_of(text: str, loc: Loc) -> int:
+    """1-based line of `loc` (e.g. ('models', 2, 'price_as')) in YAML `text`, for checks made after parsing;
+    the nearest enclosing entry's line when the key itself is absent."""
+    try:
+        lines, _ = _line_index(yaml.compose(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError:
+        return 1
+    return _line_of(lines, loc)
+
+
 def load_settings(path: str | Path) -> Settings:
     """Read and validate `path`; raise ConfigError listing every problem with its line."""
     path = Path(path)

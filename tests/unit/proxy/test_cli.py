@@ -99,6 +99,9 @@ def test_a_model_without_a_price_fails_check_config(tmp_path: Path, capsys: pyte
     assert main(["check-config", "--config", str(path)]) == 1
     err = capsys.readouterr().err
     assert "models[0].price_as" in err and "totally-unknown-model" in err
+    written = path.read_text().splitlines()
+    name_line = written.index(next(line for line in written if "name:" in line)) + 1
+    assert err.startswith(f"{path}:{name_line} models[0].price_as:")  # the entry's line, like other errors
     assert "`price_as`" in err and "pricing.overrides" in err and "pricing.unpriced: allow" in err
 
 
