@@ -45,6 +45,7 @@ def test_models(up: FakeUpstream, closed_port: int) -> list[dict[str, Any]]:
     return [
         {"name": "fake-*", "price_as": "gpt-4o-mini", **openai},
         {"name": "fast-timeout-*", "price_as": "gpt-4o-mini", "timeout_s": 0.5, **openai},
+        {"name": "azure-*", "price_as": "gpt-4o-mini", **openai, "provider": "azure", "api_version": "2024-10-21"},
         {"name": "alias-mini", "upstream_model": "fake-in11-out3", "price_as": "gpt-4o-mini", **openai},
         {"name": "claude-fake-*", "price_as": "claude-sonnet-4-5", **anthropic},
         {"name": "claude-sonnet-4-5*", **anthropic},  # priced by the model actually requested

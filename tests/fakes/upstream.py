@@ -154,7 +154,8 @@ class _Fake:
             body = None
         self.recorder.add(request, raw, body)
         if provider == "openai":
-            if request.headers.get("authorization") != f"Bearer {self.openai_key}":
+            azure = request.headers.get("api-key") == self.openai_key  # Azure OpenAI's header
+            if request.headers.get("authorization") != f"Bearer {self.openai_key}" and not azure:
                 return self._error(provider, 401, "Incorrect API key provided.")
         else:
             bearer = request.headers.get("authorization") == f"Bearer {self.anthropic_key}"

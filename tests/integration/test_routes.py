@@ -55,3 +55,14 @@ def test_allowed_models_limit_what_a_key_may_call(proxy: Proxy) -> None:
                    json={"model": "mock", "messages": MSGS})
     assert_openai_error(r, 403, "forbidden")
     assert [m.id for m in sdk(proxy, LIMITED).models.list()] == ["fake-*"]
+
+
+def test_azure_deployment_uses_api_key_header_and_api_version(proxy: Proxy, upstream: FakeUpstream) -> None:
+    from tests.fakes.upstream import OPENAI_KEY
+
+    raw = sdk(proxy).chat.completions.with_raw_response.create(model="azure-in15-out2", messages=MSGS)
+    sent = upstream.last
+    assert sent.headers["api-key"] == OPENAI_KEY and "authorization" not in sent.headers
+    assert sent.query == "api-version=2024-10-21"
+    assert proxy.call_row(raw.headers["x-spendgate-request-id"])["cost_nano"] == expected_nano(
+        "gpt-4o-mini", input=15, output=2)
