@@ -50,8 +50,10 @@ async def _services(settings: Settings, catalog: Catalog) -> AsyncIterator[Servi
     async with contextlib.AsyncExitStack() as stack:
         # Closed in reverse order: the writer flushes everything journaled into SQL before the store closes.
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+        # Bytes are relayed and scanned as they come, so ask providers for uncompressed bodies
+        # (`accept-encoding: identity`, set per request) instead of aiohttp's default gzip.
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                        skip_auto_headers=("User-Agent",))
+                                        skip_auto_headers=("User-Agent", "Accept-Encoding"))
         stack.push_async_callback(session.close)
         store = await Store.open(settings.store)
         stack.push_async_callback(store.close)

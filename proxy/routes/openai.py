@@ -29,14 +29,23 @@ async def responses(request: Request) -> Reply:
 
 
 async def list_models(request: Request) -> Response:
+    """The configured model names this key may call, in OpenAI's list format, or Anthropic's when the client
+    is an Anthropic one (it sends `anthropic-version`)."""
     services: Services = request.app.state.services
+    anthropic = "anthropic-version" in request.headers
     try:
         principal = services.keys.authenticate(request.headers)
     except ProxyError as err:
-        return error_response(err)
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": "spendgate"}
-            for name in services.router.model_names() if principal.may_use(name)]
-    return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+        return error_response(err, "anthropic" if anthropic else "openai")
+    names = [name for name in services.router.model_names() if principal.may_use(name)]
+    if anthropic:
+        body = {"data": [{"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"}
+                         for n in names],
+                "has_more": False, "first_id": names[0] if names else None, "last_id": names[-1] if names else None}
+    else:
+        body = {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "spendgate"}
+                                           for n in names]}
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 async def not_metered(request: Request) -> Response:

@@ -97,7 +97,8 @@ class HttpUpstream:
         key = (dep.name, dep.position, endpoint)
         found = self._prepared.get(key)
         if found is None:
-            headers = {"content-type": "application/json", "accept": "*/*", **auth_headers(dep)}
+            headers = {"content-type": "application/json", "accept": "*/*", "accept-encoding": "identity",
+                       **auth_headers(dep)}
             if endpoint in ANTHROPIC_ENDPOINTS:
                 headers["anthropic-version"] = "2023-06-01"
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._connect,

@@ -106,3 +106,10 @@ def test_openai_format_to_anthropic_is_translated_by_litellm(proxy: Proxy, upstr
     row = proxy.call_row(raw.headers["x-spendgate-request-id"])
     assert (row["input_tokens"], row["output_tokens"]) == (64, 7)
     assert row["cost_nano"] == expected_nano("claude-sonnet-4-5", input=64, output=7)
+
+
+def test_models_list_in_anthropic_format(proxy: Proxy) -> None:
+    page = sdk(proxy).models.list()
+    ids = [m.id for m in page.data]
+    assert "mock" in ids and "claude-fake-*" in ids
+    assert all(m.type == "model" for m in page.data)

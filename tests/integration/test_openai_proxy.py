@@ -218,3 +218,12 @@ def test_no_packet_leaves_loopback(proxy: Proxy) -> None:
     r = httpx.post(proxy.base + "/chat/completions", headers={"authorization": f"Bearer {ADMIN}"},
                    json={"model": "fake-x", "messages": MSGS, "api_base": "http://169.254.169.254/v1"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "api_base"
+
+
+def test_provider_is_asked_for_uncompressed_bytes(proxy: Proxy, upstream: FakeUpstream) -> None:
+    # spendgate scans and relays the body as it comes: a gzipped answer could be neither read nor relayed.
+    with proxy.client() as c:
+        r = c.post("/v1/chat/completions", headers={"accept-encoding": "gzip"},
+                   json={"model": "fake-in5-out1", "messages": MSGS})
+    assert r.status_code == 200
+    assert upstream.last.headers["accept-encoding"] == "identity"
