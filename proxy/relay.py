@@ -223,7 +223,9 @@ async def _forward(call: Call, chain: tuple[Deployment, ...], query: str, header
             await _discard(call, resp)
             continue
         ours = {"x-spendgate-request-id": call.request_id}
-        if resp.status >= 400 or not call.stream:
+        # A provider that answers a stream request with plain JSON (some ignore `stream`) is read whole.
+        is_sse = resp.headers.get("content-type", "").startswith("text/event-stream")
+        if resp.status >= 400 or not call.stream or not is_sse:
             return await _finish_whole(call, resp, ours, family)
         return MeteredStream(call, resp, ours)
     raise AssertionError("unreachable: the chain is never empty")
