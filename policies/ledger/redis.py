@@ -1,0 +1,224 @@
+"""`RedisLedger`: the shared ledger on Redis (or Redis Cluster); every operation is one Lua script.
+
+Keys (under `prefix`): a counter hash at its key, a ZSET of its live reservations at key + "~holds", and a
+reservation hash at "sg:{tag}:r:<id>" (cluster: the counters' hash tag, so one script touches one slot) or
+"sg:r:<id>" (standalone, where the id alone finds it from any replica). See common.lua for the fields.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator, Sequence
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from policies.errors import InvalidCounters, LedgerUnavailable
+from policies.ledger.base import (
+    DEFAULT_MARKER_TTL_S,
+    CounterSpec,
+    CounterState,
+    ReserveResult,
+    check_amount,
+    check_counters,
+)
+
+_OPERATIONS = ("reserve", "settle", "release", "renew", "states", "seed")
+# Cluster mode remembers which slot a reservation made here lives in, for release/renew given only an id.
+_MAX_LOCAL_TAGS = 100_000
+
+
+def hash_tag(key: str) -> str | None:
+    """The Redis Cluster hash tag of `key` (text between the first '{' and the next '}'), if non-empty."""
+    start = key.find("{")
+    if start < 0:
+        return None
+    end = key.find("}", start + 1)
+    if end <= start + 1:
+        return None
+    return key[start + 1 : end]
+
+
+def _load_script(name: str) -> str:
+    files = resources.files("policies.ledger")
+    return files.joinpath("common.lua").read_text() + "\n" + files.joinpath(f"{name}.lua").read_text()
+
+
+def _ms(ttl_s: float) -> int:
+    return max(1, math.ceil(ttl_s * 1000))
+
+
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+
+
+class RedisLedger:
+    """Ledger on one Redis (or Redis Cluster) shared by every replica (see `Ledger` for the contract).
+
+    Every error from Redis (down, timeout, loading, cluster down) is raised as `LedgerUnavailable`; each
+    operation is idempotent, so the one retry redis-py makes after a dropped connection is safe.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "",
+        cluster: bool = False,
+        socket_timeout: float = 1.0,
+        marker_ttl_s: float = DEFAULT_MARKER_TTL_S,
+        retries: int = 1,
+        max_connections: int = 64,
+        pool_timeout_s: float = 5.0,
+    ) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("the key prefix must not contain '{' or '}' (it would change the hash slot)")
+        self._url = url
+        self._prefix = prefix
+        self._cluster = cluster
+        self._marker_ms = _ms(marker_ttl_s)
+        self._tags: dict[str, str] = {}
+        options: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_timeout,
+            "retry": Retry(NoBackoff(), retries),
+        }
+        self._client: aioredis.Redis | RedisCluster
+        if cluster:
+            self._client = RedisCluster.from_url(url, max_connections=max_connections, **options)
+        else:
+            # A burst of calls waits for a pooled connection (up to pool_timeout_s) instead of failing.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=max_connections, timeout=pool_timeout_s, **options
+            )
+            self._client = aioredis.Redis.from_pool(pool)  # the client owns (and closes) the pool
+        self._scripts = {name: self._client.register_script(_load_script(name)) for name in _OPERATIONS}
+
+    async def reserve(
+        self,
+        reservation_id: str,
+        counters: Sequence[CounterSpec],
+        amount_nano: int,
+        ttl_s: float,
+        *,
+        force: bool = False,
+    ) -> ReserveResult:
+        check_amount("amount_nano", amount_nano)
+        rkey = self._reservation_key(reservation_id, counters)
+        args: list[str | int] = [reservation_id, amount_nano, _ms(ttl_s), int(force)]
+        for spec in counters:
+            args += [spec.limit_nano, spec.ttl_s]
+        reply = await self._run("reserve", [rkey, *self._keys(counters)], args)
+        states = _states(counters, reply[2:])
+        refused = states[int(reply[1]) - 1] if int(reply[1]) else None
+        if self._cluster and int(reply[0]):
+            self._remember(reservation_id, counters)
+        return ReserveResult(ok=bool(int(reply[0])), states=states, refused=refused)
+
+    async def settle(
+        self, reservation_id: str, counters: Sequence[CounterSpec], actual_nano: int
+    ) -> tuple[CounterState, ...]:
+        check_amount("actual_nano", actual_nano)
+        rkey = self._reservation_key(reservation_id, counters)
+        args: list[str | int] = [reservation_id, actual_nano, self._marker_ms, *(s.ttl_s for s in counters)]
+        reply = await self._run("settle", [rkey, *self._keys(counters)], args)
+        self._tags.pop(reservation_id, None)
+        return _states(counters, reply)
+
+    async def release(self, reservation_id: str, counters: Sequence[CounterSpec] = ()) -> None:
+        rkey = self._reservation_key(reservation_id, counters, by_id=True)
+        await self._run("release", [rkey], [reservation_id, self._marker_ms])
+        self._tags.pop(reservation_id, None)
+
+    async def renew(self, reservation_id: str, ttl_s: float, counters: Sequence[CounterSpec] = ()) -> bool:
+        rkey = self._reservation_key(reservation_id, counters, by_id=True)
+        return bool(int(await self._run("renew", [rkey], [reservation_id, _ms(ttl_s)])))
+
+    async def states(self, counters: Sequence[CounterSpec]) -> list[CounterState]:
+        if not counters:
+            return []
+        self._reservation_key("", counters)  # validates the counters (duplicates, cluster slots)
+        return list(_states(counters, await self._run("states", self._keys(counters), [])))
+
+    async def seed(self, counter: CounterSpec, spent_nano: int, version: str) -> bool:
+        check_amount("spent_nano", spent_nano)
+        args: list[str | int] = [spent_nano, version, counter.ttl_s]
+        return bool(int(await self._run("seed", self._keys([counter]), args)))
+
+    async def ping(self) -> bool:
+        """True if Redis answers; False (not an exception) when it does not: this is the health check."""
+        try:
+            async with self._unavailable():
+                return bool(await self._client.ping())
+        except LedgerUnavailable:
+            return False
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # -- internals --------------------------------------------------------------------------------------
+
+    def _keys(self, counters: Sequence[CounterSpec]) -> list[str]:
+        return [self._prefix + spec.key for spec in counters]
+
+    def _reservation_key(
+        self, reservation_id: str, counters: Sequence[CounterSpec], *, by_id: bool = False
+    ) -> str:
+        """The reservation hash's key; in cluster mode it carries the counters' common hash tag."""
+        check_counters(counters)
+        if not self._cluster:
+            return f"{self._prefix}sg:r:{reservation_id}"
+        tags = {hash_tag(spec.key) for spec in counters}
+        if by_id and not counters:
+            tag = self._tags.get(reservation_id)
+            if tag is None:
+                raise InvalidCounters(
+                    f"cluster mode: reservation {reservation_id!r} was not made here; pass its counters"
+                )
+            tags = {tag}
+        if len(tags) != 1 or None in tags:
+            raise InvalidCounters(
+                f"cluster mode: counters of one call must share one {{hash tag}} (got {sorted(map(str, tags))})"
+            )
+        return f"{self._prefix}sg:{{{tags.pop()}}}:r:{reservation_id}"
+
+    def _remember(self, reservation_id: str, counters: Sequence[CounterSpec]) -> None:
+        if len(self._tags) >= _MAX_LOCAL_TAGS:
+            self._tags.pop(next(iter(self._tags)))  # oldest first; a lost entry only needs counters passed
+        tag = hash_tag(counters[0].key) if counters else None
+        if tag is not None:
+            self._tags[reservation_id] = tag
+
+    async def _run(self, name: str, keys: list[str], args: list[str | int]) -> Any:
+        async with self._unavailable():
+            return await self._scripts[name](keys=keys, args=args)
+
+    @contextlib.asynccontextmanager
+    async def _unavailable(self) -> AsyncIterator[None]:
+        """Map every Redis failure to LedgerUnavailable; the message never carries the URL's password."""
+        try:
+            yield
+        except (RedisError, OSError, TimeoutError) as exc:
+            text = f"{type(exc).__name__}: {exc}"
+            password = urlsplit(self._url).password
+            if password:
+                text = text.replace(password, "***")
+            raise LedgerUnavailable(f"redis ledger at {_redacted(self._url)} unavailable: {text}") from exc
+
+
+def _states(counters: Sequence[CounterSpec], flat: Sequence[Any]) -> tuple[CounterState, ...]:
+    """Counter states from the scripts' flat reply [spent1, reserved1, ...] (None where never written)."""
+    return tuple(
+        CounterState(spec.key, int(flat[2 * i] or 0), int(flat[2 * i + 1] or 0), spec.limit_nano)
+        for i, spec in enumerate(counters)
+    )
