@@ -173,6 +173,7 @@ def record_to_row(rec: CallRecord) -> dict[str, Any]:
         "stream": rec.stream,
         "catalog_version": _clean(rec.catalog_version),
         "error": _clean(rec.error[:1000]) if rec.error else rec.error,
+        "enforcement": rec.enforcement,
     }
 
 

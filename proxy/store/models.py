@@ -7,7 +7,20 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, MetaData, String, Table
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -89,6 +102,7 @@ class UsageRow(Base):
     stream: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     catalog_version: Mapped[str] = mapped_column(String, nullable=False, default="")
     error: Mapped[str | None] = mapped_column(String)
+    enforcement: Mapped[str | None] = mapped_column(String)  # "bypassed" when the ledger was unavailable
 
     # Every read is scoped by org. request_id trails the time indexes so keyset pagination
     # ((started_at, request_id) < cursor) seeks instead of scanning.
@@ -102,3 +116,109 @@ class UsageRow(Base):
 
 
 usage: Table = UsageRow.__table__  # type: ignore[assignment]  # Core handle used by db.py and queries.py
+
+
+class RuntimeLimitRow(Base):
+    """A budget limit changed at run time (`PUT /api/budgets/{name}/limit`); dropped when the file's limit
+    for that budget changes (`config_limit_nano` is the file's limit when this was set)."""
+
+    __tablename__ = "runtime_limits"
+
+    budget: Mapped[str] = mapped_column(String, primary_key=True)
+    limit_nano: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    config_limit_nano: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    updated_by: Mapped[str | None] = mapped_column(String)
+
+
+class ApprovalRow(Base):
+    """A request to spend past an `approve` budget: one pending per counter and window."""
+
+    __tablename__ = "approvals"
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    org: Mapped[str] = mapped_column(String, nullable=False)
+    budget: Mapped[str] = mapped_column(String, nullable=False)
+    counter_key: Mapped[str] = mapped_column(String, nullable=False)
+    window_id: Mapped[str] = mapped_column(String, nullable=False)
+    scope: Mapped[str] = mapped_column(String, nullable=False)
+    status: Mapped[str] = mapped_column(String, nullable=False)
+    worst_nano: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    grant_nano: Mapped[int | None] = mapped_column(BigInteger)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    requested_by: Mapped[str | None] = mapped_column(String)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    decided_by: Mapped[str | None] = mapped_column(String)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_approvals_org_status", "org", "status", "requested_at"),
+        Index("uq_approvals_pending", "counter_key", "window_id", unique=True,
+              sqlite_where=text("status = 'pending'"), postgresql_where=text("status = 'pending'")),
+    )
+
+
+class AlertRow(Base):
+    """A threshold crossed (or a budget exceeded): unique per counter, window and threshold, so it fires
+    once however many replicas see the crossing."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    org: Mapped[str] = mapped_column(String, nullable=False)
+    budget: Mapped[str] = mapped_column(String, nullable=False)
+    counter_key: Mapped[str] = mapped_column(String, nullable=False)
+    window_id: Mapped[str] = mapped_column(String, nullable=False)
+    at_pct: Mapped[float] = mapped_column(Float, nullable=False)
+    action: Mapped[str] = mapped_column(String, nullable=False)
+    spent_nano: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    limit_nano: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    fired_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (
+        UniqueConstraint("counter_key", "window_id", "at_pct", name="uq_alerts_once"),
+        Index("ix_alerts_org_fired_at", "org", "fired_at"),
+    )
+
+
+class WebhookOutboxRow(Base):
+    """An event waiting for (or done with) delivery to one webhook; `id` is the `webhook-id` header."""
+
+    __tablename__ = "webhook_outbox"
+
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    webhook: Mapped[str] = mapped_column(String, nullable=False)
+    event_type: Mapped[str] = mapped_column(String, nullable=False)
+    body: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    status: Mapped[str] = mapped_column(String, nullable=False, default="pending")
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_webhook_outbox_due", "status", "next_attempt_at"),)
+
+
+class WebhookDeliveryRow(Base):
+    """The delivery log: one row per attempt."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    outbox_id: Mapped[str] = mapped_column(String, nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String)
+    duration_ms: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    __table_args__ = (Index("ix_webhook_deliveries_outbox", "outbox_id"),)
+
+
+runtime_limits: Table = RuntimeLimitRow.__table__  # type: ignore[assignment]
+approvals: Table = ApprovalRow.__table__  # type: ignore[assignment]
+alerts: Table = AlertRow.__table__  # type: ignore[assignment]
+webhook_outbox: Table = WebhookOutboxRow.__table__  # type: ignore[assignment]
+webhook_deliveries: Table = WebhookDeliveryRow.__table__  # type: ignore[assignment]

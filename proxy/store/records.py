@@ -42,6 +42,7 @@ class CallRecord:
     stream: bool = False
     catalog_version: str = ""
     error: str | None = None  # short, secret-free reason for status error/cancelled
+    enforcement: str | None = None  # "bypassed": budgets were not enforced (ledger unavailable, allow)
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
