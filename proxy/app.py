@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -12,9 +13,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from policies.ledger.memory import MemoryLedger
 from pricing.catalog import Catalog
 from pricing.tokens import TokenCounter
 from proxy.auth import KeyRing
+from proxy.budgeting import build_engine, log_crossings, open_ledger, seed_from_store, start_version
 from proxy.errors import MethodNotAllowed, NotFound, ProxyError, error_response, family_for_path
 from proxy.routes import anthropic, api, health, openai
 from proxy.routing import Router, check_prices
@@ -64,13 +67,24 @@ async def _services(settings: Settings, catalog: Catalog) -> AsyncIterator[Servi
         await writer.start()
         stack.push_async_callback(writer.close, 15.0)  # SQL down at exit: the rest stays in the journal
         counter = TokenCounter()  # encodings load on first need (~100 MB for o200k + cl100k), off the loop
+        ledger = open_ledger(settings.ledger)
+        stack.push_async_callback(ledger.aclose)
+        engine = build_engine(settings, ledger)
+        if engine.budgets:
+            if isinstance(ledger, MemoryLedger):  # Redis keeps its counters; a new process starts empty
+                seeded = await seed_from_store(ledger, engine.budgets, store, start_version())
+                log.info("budget counters rebuilt from the store", extra={"counters": seeded})
+            # Worst cases count OpenAI prompts exactly: load those encodings now, off the event loop.
+            await asyncio.to_thread(counter.count_text, "", "gpt-4o")
+            await asyncio.to_thread(counter.count_text, "", "gpt-4")
         yield Services(
             settings=settings, keys=KeyRing(settings.keys),
             router=Router(settings.models, catalog, allow_unpriced=settings.pricing.unpriced == "allow"),
             catalog=catalog, counter=counter, store=store, writer=writer,
             http=HttpUpstream(session, connect_timeout=server.upstream_connect_timeout_s,
                               read_timeout=server.upstream_read_timeout_s),
-            mock=MockUpstream(counter), translated=TranslatedUpstream(),
+            mock=MockUpstream(counter), translated=TranslatedUpstream(), engine=engine,
+            on_crossings=log_crossings,
         )
 
 

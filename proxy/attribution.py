@@ -33,6 +33,10 @@ def attribute(
         tags["project"] = principal.project
     if principal.agent:
         tags["agent"] = principal.agent
+    for required in principal.require_tags:
+        if required not in tags:
+            raise InvalidRequest(f"this key requires the `{required}` tag on every call: send header "
+                                 f"{_HEADER_FOR[required]} (or metadata.{required})", param=required)
     actor = tags.pop("actor", "agent")
     if actor not in ACTORS:
         raise InvalidRequest(f"actor must be one of {', '.join(ACTORS)} (got {actor!r})", param="actor")

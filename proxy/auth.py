@@ -25,6 +25,7 @@ class Principal:
     project: str | None = None
     agent: str | None = None
     allowed_models: tuple[str, ...] | None = None
+    require_tags: tuple[str, ...] = ()
 
     def may_use(self, model: str) -> bool:
         """Whether this key may call `model` (no `allowed_models` list: any configured model)."""
@@ -57,7 +58,8 @@ class KeyRing:
 
     def __init__(self, keys: Iterable[KeyConfig]) -> None:
         self._by_hash: dict[str, tuple[str, Principal]] = {
-            k.key_sha256: (k.key_sha256, Principal(k.name, k.org, k.role, k.project, k.agent, k.allowed_models))
+            k.key_sha256: (k.key_sha256, Principal(k.name, k.org, k.role, k.project, k.agent, k.allowed_models,
+                                                   k.require_tags))
             for k in keys
         }
 

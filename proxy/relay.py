@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,9 +14,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from policies.attribution import Attribution
+from policies.budgets import call_tags
+from policies.decisions import Allowed, Denied, Held
+from policies.engine import Admission
+from policies.errors import LedgerUnavailable
 from pricing.cost import cost_nano
 from pricing.money import format_usd
 from pricing.usage import Usage
+from proxy.admission import ApprovalRequired, BudgetExceeded, refusal, worst_case
 from proxy.attribution import attribute
 from proxy.errors import Family, Forbidden, ProxyError, ServiceUnavailable, error_response
 from proxy.metering import estimate_usage, generated_text_from_json, usage_from_json
@@ -58,6 +63,9 @@ class Call:
     stream: bool
     client_wants_usage: bool = False
     raw: bytes = b""  # `body` as it goes on the wire
+    admission: Admission | None = None  # the call's reservation on its budgets, if any matched
+    enforcement: str | None = None  # "bypassed": the ledger was unreachable and on_unavailable is allow
+    headers_out: dict[str, str] = field(default_factory=dict)  # budget warnings, clamping
 
     def prepare(self, raw: bytes, changed: bool) -> None:
         """Point the body at this deployment's upstream model; serialise again only if anything changed."""
@@ -71,7 +79,8 @@ class Call:
         body = dict(self.body)
         nxt = Call(self.services, self.endpoint, new_request_id(), datetime.now(UTC),
                    replace(self.attribution, retry_of=self.request_id), deployment, body, self.stream,
-                   self.client_wants_usage)
+                   self.client_wants_usage, admission=self.admission, enforcement=self.enforcement,
+                   headers_out=self.headers_out)
         nxt.prepare(self.raw, False)
         return nxt
 
@@ -105,7 +114,7 @@ class Call:
             cache_write_tokens=usage.cache_write_tokens, output_tokens=usage.output_tokens,
             reasoning_tokens=usage.reasoning_tokens, cost_nano=self.cost(usage), usage_source=source,
             stream=self.stream, catalog_version=self.services.catalog.version if price else "unpriced",
-            error=error,
+            error=error, enforcement=self.enforcement,
         )
 
     async def cancelled_row(self, reason: str) -> CallRecord:
@@ -113,13 +122,17 @@ class Call:
         return self.row(status="cancelled", http_status=499, usage=await self.estimate(""), source="estimated",
                         error=reason)
 
-    async def record(self, row: CallRecord) -> None:
-        # Shielded: a cancelled request task must still get its row into the journal.
+    async def record(self, row: CallRecord, *, final: bool = True) -> None:
+        """Journal the row, then (for the call's last attempt) settle its reservation to the row's cost:
+        0 for a call that failed, the prompt and what was generated for one cut short."""
+        # Shielded: a cancelled request task must still get its row into the journal and its spend booked.
         try:
             await asyncio.shield(self.services.writer.record(row))
         except JournalError as exc:
             # The row is still queued for SQL; only its crash-safety is lost. The call itself succeeded.
             log.error("journal append failed", extra={"request_id": row.request_id, "error": str(exc)})
+        if final and self.admission is not None:
+            await asyncio.shield(self.services.settle(self.admission, row.cost_nano))
 
 
 Reply = Response | MeteredStream  # what a proxied route answers: both are ASGI callables
@@ -169,8 +182,53 @@ async def _admit(services: Services, request: Request, headers: dict[str, str], 
         body["stream_options"] = {**(options or {}), "include_usage": True}
         changed = True
     call = Call(services, endpoint, request_id, started, attribution, chain[0], body, stream, wants_usage)
+    if services.engine.budgets and endpoint != "count_tokens":  # counting tokens is free: no gate
+        try:
+            changed = await _gate(call, raw, chain) or changed
+        except (BudgetExceeded, ApprovalRequired) as refused:
+            await call.record(call.row(status="refused", http_status=402, usage=None, source="provider",
+                                       error=refused.code))
+            raise
     call.prepare(raw, changed)
     return call, chain
+
+
+async def _gate(call: Call, raw: bytes, chain: tuple[Deployment, ...]) -> bool:
+    """Admit the call against every budget it matches; True if the body was changed (max tokens written)."""
+    services, body = call.services, call.body
+    tags = call_tags(call.attribution, model=body["model"], provider=chain[0].provider)
+    if not services.engine.counters(tags):
+        return False
+    worst = worst_case(services.counter, call.endpoint, body, raw, chain)
+    changed = False
+    if worst.inserted and worst.max_field:
+        body[worst.max_field] = worst.max_tokens  # the provider may then never exceed what is reserved
+        changed = True
+    try:
+        decision, call.admission = await services.engine.admit(tags, worst.nano, call.request_id, worst.clamp)
+    except LedgerUnavailable:
+        if services.settings.ledger.on_unavailable != "allow":
+            raise ServiceUnavailable("the budget ledger is unreachable, so no call can be admitted "
+                                     "(ledger.on_unavailable: block)") from None
+        log.error("ledger unavailable: call passes unenforced", extra={"request_id": call.request_id})
+        call.enforcement = "bypassed"
+        return changed
+    match decision:
+        case Denied():
+            raise refusal(decision)
+        case Held():
+            raise ApprovalRequired(
+                f"budget {decision.counter.budget.name!r} needs an admin's approval for more spend; retry "
+                f"with header X-Spendgate-Approval: {decision.approval_id} once approved",
+                extra={"approval_id": decision.approval_id})
+        case Allowed():
+            if decision.clamp_to is not None and worst.max_field:
+                body[worst.max_field] = decision.clamp_to
+                call.headers_out["x-spendgate-max-tokens-clamped"] = str(decision.clamp_to)
+                changed = True
+            if decision.warnings:
+                call.headers_out["x-spendgate-budget-warning"] = "; ".join(w.message for w in decision.warnings)
+    return changed
 
 
 def _servable(services: Services, chain: tuple[Deployment, ...], endpoint: Endpoint) -> tuple[Deployment, ...]:
@@ -211,9 +269,10 @@ async def _forward(call: Call, chain: tuple[Deployment, ...], query: str, header
         try:
             resp = await upstream.open(upstream_request)
         except ProxyError as err:
+            retry = not last and _retryable(err.status)
             await call.record(call.row(status="error", http_status=err.status, usage=None, source="provider",
-                                       error=err.code))
-            if not last and _retryable(err.status):
+                                       error=err.code), final=not retry)
+            if retry:
                 continue
             return error_response(err, family, call.request_id)
         except asyncio.CancelledError:
@@ -222,7 +281,7 @@ async def _forward(call: Call, chain: tuple[Deployment, ...], query: str, header
         if not last and _retryable(resp.status):
             await _discard(call, resp)
             continue
-        ours = {"x-spendgate-request-id": call.request_id}
+        ours = {"x-spendgate-request-id": call.request_id, **call.headers_out}
         # A provider that answers a stream request with plain JSON (some ignore `stream`) is read whole.
         is_sse = resp.headers.get("content-type", "").startswith("text/event-stream")
         if resp.status >= 400 or not call.stream or not is_sse:
@@ -240,7 +299,8 @@ async def _discard(call: Call, resp: Any) -> None:
     finally:
         resp.close()
     await call.record(call.row(status="error", http_status=resp.status, usage=None, source="provider",
-                               error=f"provider answered {resp.status}; retried on the next deployment"))
+                               error=f"provider answered {resp.status}; retried on the next deployment"),
+                      final=False)  # the reservation carries over to the next attempt
 
 
 async def _finish_whole(call: Call, resp: Any, ours: dict[str, str], family: Family) -> Response:

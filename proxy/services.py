@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from policies.engine import Admission, Crossing, Engine
+from policies.errors import LedgerUnavailable
 from pricing.catalog import Catalog
 from pricing.tokens import TokenCounter
 from proxy.auth import KeyRing
@@ -17,6 +21,8 @@ from proxy.upstreams.base import ANTHROPIC_ENDPOINTS, Deployment, Endpoint, Upst
 from proxy.upstreams.http import HttpUpstream
 from proxy.upstreams.mock import MockUpstream
 from proxy.upstreams.translated import TranslatedUpstream
+
+log = logging.getLogger(__name__)
 
 # Providers spoken natively, and the endpoints each serves without translation.
 OPENAI_COMPATIBLE = frozenset({"openai", "azure", "vllm", "ollama", "deepseek", "groq", "openai_compatible"})
@@ -34,9 +40,26 @@ class Services:
     http: HttpUpstream
     mock: MockUpstream
     translated: TranslatedUpstream
+    engine: Engine
+    on_crossings: Callable[[list[Crossing]], Awaitable[None]] | None = None  # alerts: warn / webhook
     draining: bool = False
     inflight: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def settle(self, admission: Admission, cost_nano: int) -> None:
+        """Book a finished call's real cost on its budgets and raise the alerts it crossed. Never fails the
+        call: an unreachable ledger is logged (the row is in the store, so counters can be rebuilt)."""
+        try:
+            crossings = await self.engine.settle(admission, cost_nano)
+        except LedgerUnavailable:
+            log.error("ledger unavailable at settle; the call's spend is in the store, not in the counters",
+                      extra={"reservation_id": admission.reservation_id})
+            return
+        if crossings and self.on_crossings is not None:
+            try:
+                await self.on_crossings(crossings)
+            except Exception:  # an alert that cannot be recorded must not fail a call that succeeded
+                log.exception("recording budget alerts failed")
 
     def begin_call(self) -> None:
         self.inflight += 1

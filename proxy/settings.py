@@ -11,6 +11,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from policies.config import (
+    ApprovalsConfig,
+    BudgetConfig,
+    LedgerConfig,
+    WebhookConfig,
+    check_budgets,
+    check_webhooks,
+)
 from pricing.catalog import PriceOverride
 from proxy.store.config import StoreConfig
 
@@ -110,6 +118,9 @@ class ModelConfig(BaseModel):
         return "*" in self.name
 
 
+TagName = Literal["project", "agent", "station", "run", "issue", "actor", "retry_of"]
+
+
 class KeyConfig(BaseModel):
     model_config = _FROZEN
     name: str
@@ -119,6 +130,7 @@ class KeyConfig(BaseModel):
     agent: str | None = None
     role: Literal["agent", "viewer", "admin"] = "agent"
     allowed_models: tuple[str, ...] | None = None  # model names or `*` patterns this key may call
+    require_tags: tuple[TagName, ...] = ()  # tags every call of this key must carry (else 400)
 
     @field_validator("key_sha256")
     @classmethod
@@ -136,6 +148,10 @@ class Settings(BaseModel):
     pricing: PricingConfig = PricingConfig()
     models: list[ModelConfig] = Field(default_factory=list)
     keys: list[KeyConfig] = Field(default_factory=list)
+    ledger: LedgerConfig = LedgerConfig()
+    budgets: list[BudgetConfig] = Field(default_factory=list)
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+    approvals: ApprovalsConfig = ApprovalsConfig()
 
     @field_validator("keys")
     @classmethod
@@ -198,6 +214,10 @@ def parse_settings(text: str, source: str = "config.yaml") -> Settings:
                 continue
             problems.append((_line_of(lines, loc), loc, _message(loc, err)))
     else:
+        # Checks across entries, made on the validated sections.
+        for loc, message in (check_budgets(settings.budgets, settings.ledger)
+                             + check_webhooks(settings.webhooks, settings.budgets)):
+            problems.append((_line_of(lines, loc), loc, message))
         if not problems:
             return settings
     problems.sort(key=lambda p: p[0])

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from policies.config import AlertRule, ApprovalsConfig, BudgetConfig, LedgerConfig, WebhookConfig
 from pricing.catalog import PriceOverride
 from proxy.settings import KeyConfig, MockOptions, ModelConfig, PricingConfig, ServerConfig, Settings
 from proxy.store.config import StoreConfig
@@ -15,6 +16,7 @@ from proxy.store.config import StoreConfig
 CONFIG_DOC = Path(__file__).resolve().parents[3] / "docs" / "config.md"
 SECTION_MODELS: tuple[type[BaseModel], ...] = (
     Settings, ServerConfig, StoreConfig, PricingConfig, PriceOverride, ModelConfig, MockOptions, KeyConfig,
+    LedgerConfig, BudgetConfig, AlertRule, WebhookConfig, ApprovalsConfig,
 )
 
 
