@@ -16,19 +16,23 @@ from starlette.responses import Response
 from policies.ledger.memory import MemoryLedger
 from pricing.catalog import Catalog
 from pricing.tokens import TokenCounter
+from proxy.approvals import ApprovalDesk
 from proxy.auth import KeyRing
-from proxy.budgeting import build_engine, log_crossings, open_ledger, seed_from_store, start_version
+from proxy.budgeting import Alerts, build_engine, open_ledger, seed_from_store, start_version
 from proxy.errors import MethodNotAllowed, NotFound, ProxyError, error_response, family_for_path
-from proxy.routes import anthropic, api, health, openai
+from proxy.routes import anthropic, api, budgets, health, openai
+from proxy.routes import approvals as approval_routes
 from proxy.routing import Router, check_prices
 from proxy.services import Services
 from proxy.settings import ConfigError, Settings, line_of
 from proxy.store.db import Store
 from proxy.store.journal import Journal
+from proxy.store.runtime_limits import apply_limits
 from proxy.store.writer import UsageWriter
 from proxy.upstreams.http import HttpUpstream
 from proxy.upstreams.mock import MockUpstream
 from proxy.upstreams.translated import TranslatedUpstream
+from proxy.webhooks import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,16 @@ async def _services(settings: Settings, catalog: Catalog) -> AsyncIterator[Servi
         ledger = open_ledger(settings.ledger)
         stack.push_async_callback(ledger.aclose)
         engine = build_engine(settings, ledger)
+        engine.budgets = await apply_limits(store, engine.budgets)  # runtime limits set with PUT .../limit
+        dispatcher: WebhookDispatcher | None = None
+        if settings.webhooks:  # no receivers configured: no delivery task polling the outbox
+            dispatcher = WebhookDispatcher(store, settings.webhooks, session)
+            await dispatcher.start()
+            stack.push_async_callback(dispatcher.close)
+        approvals = ApprovalDesk(store, grant_usd=settings.approvals.grant_usd,
+                                 wait_seconds=settings.approvals.wait_seconds,
+                                 notify=dispatcher.emit if dispatcher else None)
+        engine.extra_limits = approvals.extra_limits
         if engine.budgets:
             if isinstance(ledger, MemoryLedger):  # Redis keeps its counters; a new process starts empty
                 seeded = await seed_from_store(ledger, engine.budgets, store, start_version())
@@ -84,7 +98,7 @@ async def _services(settings: Settings, catalog: Catalog) -> AsyncIterator[Servi
             http=HttpUpstream(session, connect_timeout=server.upstream_connect_timeout_s,
                               read_timeout=server.upstream_read_timeout_s),
             mock=MockUpstream(counter), translated=TranslatedUpstream(), engine=engine,
-            on_crossings=log_crossings,
+            approvals=approvals, alerts=Alerts(store, dispatcher),
         )
 
 
@@ -104,7 +118,8 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None) -> Starlet
                 if not await services.wait_idle(grace_s=10.0):
                     log.error("shutdown with calls still in flight", extra={"inflight": services.inflight})
 
-    app = Starlette(routes=[*openai.routes, *anthropic.routes, *api.routes, *health.routes], lifespan=lifespan,
+    app = Starlette(routes=[*openai.routes, *anthropic.routes, *api.routes, *approval_routes.routes,
+                            *budgets.routes, *health.routes], lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _unexpected})
     return app
 

@@ -21,7 +21,7 @@ from proxy.store.queries import iso_utc
 
 log = logging.getLogger(__name__)
 
-Notify = Callable[[str, Mapping[str, Any]], Awaitable[None]]
+Notify = Callable[[str, Mapping[str, Any]], Awaitable[object]]
 POLL_S = 0.5
 GRANTS_CACHE_S = 1.0
 

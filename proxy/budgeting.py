@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
-from policies.budgets import Budget, counter_key
+from policies.budgets import Budget, Counter, counter_key, scope_dict
 from policies.config import LedgerConfig
+from policies.decisions import pct
 from policies.engine import Crossing, Engine
 from policies.ledger.base import CounterSpec, Ledger
 from policies.ledger.memory import MemoryLedger
 from policies.ledger.redis import RedisLedger
 from policies.windows import counter_ttl_s, window_of
+from pricing.money import nano_to_usd
 from proxy.settings import Settings
+from proxy.store.alerts import record_alert
 from proxy.store.db import Store
 from proxy.store.spend import counter_spend
+from proxy.webhooks import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +58,53 @@ def start_version() -> str:
     return "start-" + secrets.token_hex(6)
 
 
-async def log_crossings(crossings: list[Crossing]) -> None:
-    """The `warn` action's alert (webhooks and the alerts table are added by the webhook dispatcher)."""
-    for crossing in crossings:
-        log.warning("budget threshold crossed", extra={
-            "budget": crossing.counter.budget.name, "counter": crossing.counter.key,
-            "at_pct": crossing.alert.at_pct, "action": crossing.alert.action,
-            "spent_nano": crossing.spent_nano, "limit_nano": crossing.counter.limit_nano})
+EXCEEDED_PCT = 100.0  # the alerts row of "budget exceeded": one per counter and window, like a threshold
+
+
+class Alerts:
+    """Budget alerts: each threshold fires once per counter and window (the store's unique constraint decides,
+    across replicas); `warn` is a log line and an alerts row, `webhook` also queues a signed event."""
+
+    def __init__(self, store: Store, dispatcher: WebhookDispatcher | None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.clock = clock
+
+    async def crossed(self, crossings: Sequence[Crossing]) -> None:
+        for c in crossings:
+            if await self._once(c.counter, c.alert.at_pct, c.alert.action, c.spent_nano):
+                data = self._data(c.counter, c.spent_nano) | {"threshold_pct": c.alert.at_pct}
+                log.warning("budget threshold crossed", extra={"budget": c.counter.budget.name,
+                                                               "counter": c.counter.key, "at_pct": c.alert.at_pct})
+                if c.alert.action == "webhook":
+                    await self._emit("budget.threshold", data)
+
+    async def exceeded(self, counter: Counter, spent_nano: int | None) -> None:
+        """A call met a counter with no room left (refused, held, or let through by a soft budget)."""
+        spent = counter.limit_nano if spent_nano is None else spent_nano
+        if await self._once(counter, EXCEEDED_PCT, "exceeded", spent):
+            log.warning("budget exceeded", extra={"budget": counter.budget.name, "counter": counter.key})
+            await self._emit("budget.exceeded", self._data(counter, spent) | {"on_exceed": counter.budget.on_exceed})
+
+    async def _once(self, counter: Counter, pct: float, action: str, spent_nano: int) -> bool:
+        try:
+            return await record_alert(self.store, org=dict(counter.scope).get("org", "*"),
+                                      budget=counter.budget.name, counter_key=counter.key,
+                                      window_id=counter.window.id, at_pct=pct, action=action,
+                                      spent_nano=spent_nano, limit_nano=counter.limit_nano, now=self.clock())
+        except Exception:  # the store is down: an alert must never fail a call
+            log.exception("recording a budget alert failed")
+            return False
+
+    async def _emit(self, event_type: str, data: dict[str, Any]) -> None:
+        if self.dispatcher is not None:
+            await self.dispatcher.emit(event_type, data)
+
+    @staticmethod
+    def _data(counter: Counter, spent_nano: int) -> dict[str, Any]:
+        resets = counter.window.resets_at
+        return {"budget": counter.budget.name, "scope": scope_dict(counter.scope), "window": counter.budget.window,
+                "window_id": counter.window.id, "limit_usd": nano_to_usd(counter.limit_nano),
+                "spent_usd": nano_to_usd(spent_nano), "pct": round(pct(spent_nano, counter.limit_nano), 2),
+                "resets_at": resets.isoformat().replace("+00:00", "Z") if resets else None}

@@ -14,16 +14,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from policies.attribution import Attribution
-from policies.budgets import call_tags
+from policies.budgets import Counter, call_tags
 from policies.decisions import Allowed, Denied, Held
 from policies.engine import Admission
 from policies.errors import LedgerUnavailable
 from pricing.cost import cost_nano
 from pricing.money import format_usd
 from pricing.usage import Usage
-from proxy.admission import ApprovalRequired, BudgetExceeded, refusal, worst_case
+from proxy.admission import ApprovalDenied, ApprovalRequired, BudgetExceeded, refusal, worst_case
 from proxy.attribution import attribute
-from proxy.errors import Family, Forbidden, ProxyError, ServiceUnavailable, error_response
+from proxy.errors import Family, Forbidden, InvalidRequest, ProxyError, ServiceUnavailable, error_response
 from proxy.metering import estimate_usage, generated_text_from_json, usage_from_json
 from proxy.requests import check_body, forwarded_headers, parse_json_object, read_body
 from proxy.services import Services
@@ -184,8 +184,8 @@ async def _admit(services: Services, request: Request, headers: dict[str, str], 
     call = Call(services, endpoint, request_id, started, attribution, chain[0], body, stream, wants_usage)
     if services.engine.budgets and endpoint != "count_tokens":  # counting tokens is free: no gate
         try:
-            changed = await _gate(call, raw, chain) or changed
-        except (BudgetExceeded, ApprovalRequired) as refused:
+            changed = await _gate(call, raw, chain, headers.get("x-spendgate-approval")) or changed
+        except (BudgetExceeded, ApprovalRequired, ApprovalDenied) as refused:
             await call.record(call.row(status="refused", http_status=402, usage=None, source="provider",
                                        error=refused.code))
             raise
@@ -193,19 +193,34 @@ async def _admit(services: Services, request: Request, headers: dict[str, str], 
     return call, chain
 
 
-async def _gate(call: Call, raw: bytes, chain: tuple[Deployment, ...]) -> bool:
+async def _gate(call: Call, raw: bytes, chain: tuple[Deployment, ...], approval_id: str | None) -> bool:
     """Admit the call against every budget it matches; True if the body was changed (max tokens written)."""
-    services, body = call.services, call.body
-    tags = call_tags(call.attribution, model=body["model"], provider=chain[0].provider)
+    services, body, who = call.services, call.body, call.attribution
+    tags = call_tags(who, model=body["model"], provider=chain[0].provider)
     if not services.engine.counters(tags):
         return False
+    if approval_id is not None:
+        await _check_approval(services, approval_id, who.org)
     worst = worst_case(services.counter, call.endpoint, body, raw, chain)
     changed = False
     if worst.inserted and worst.max_field:
         body[worst.max_field] = worst.max_tokens  # the provider may then never exceed what is reserved
         changed = True
+
+    async def hold(counter: Counter, worst_nano: int) -> str:
+        return await services.approvals.hold(counter, worst_nano, org=who.org, requested_by=who.key)
+
     try:
-        decision, call.admission = await services.engine.admit(tags, worst.nano, call.request_id, worst.clamp)
+        decision, call.admission = await services.engine.admit(tags, worst.nano, call.request_id, worst.clamp,
+                                                               on_hold=hold)
+        if isinstance(decision, Held) and services.approvals.wait_seconds > 0:
+            # Held until an admin decides (or the wait ends); approved: admission runs again, with the grant.
+            status = await services.approvals.wait(decision.approval_id)
+            if status in ("denied", "expired"):
+                raise _denied(decision.approval_id, status)
+            if status == "approved":
+                decision, call.admission = await services.engine.admit(
+                    tags, worst.nano, call.request_id, worst.clamp, on_hold=hold)
     except LedgerUnavailable:
         if services.settings.ledger.on_unavailable != "allow":
             raise ServiceUnavailable("the budget ledger is unreachable, so no call can be admitted "
@@ -215,8 +230,10 @@ async def _gate(call: Call, raw: bytes, chain: tuple[Deployment, ...]) -> bool:
         return changed
     match decision:
         case Denied():
+            await services.alerts.exceeded(decision.counter, decision.spent_nano)
             raise refusal(decision)
         case Held():
+            await services.alerts.exceeded(decision.counter, None)
             raise ApprovalRequired(
                 f"budget {decision.counter.budget.name!r} needs an admin's approval for more spend; retry "
                 f"with header X-Spendgate-Approval: {decision.approval_id} once approved",
@@ -228,7 +245,24 @@ async def _gate(call: Call, raw: bytes, chain: tuple[Deployment, ...]) -> bool:
                 changed = True
             if decision.warnings:
                 call.headers_out["x-spendgate-budget-warning"] = "; ".join(w.message for w in decision.warnings)
+                for warning in decision.warnings:
+                    await services.alerts.exceeded(warning.counter, None)
     return changed
+
+
+async def _check_approval(services: Services, approval_id: str, org: str) -> None:
+    """A retry naming an approval: a denied or expired one ends here; an approved one's grant is already in
+    the counter's limit, and a pending one is joined again by admission."""
+    status = await services.approvals.status(approval_id, org)
+    if status is None:
+        raise InvalidRequest("X-Spendgate-Approval names no approval this key can see", param="approval")
+    if status in ("denied", "expired"):
+        raise _denied(approval_id, status)
+
+
+def _denied(approval_id: str, status: str) -> ApprovalDenied:
+    return ApprovalDenied(f"approval {approval_id} was {status}; this call is refused",
+                          extra={"approval_id": approval_id})
 
 
 def _servable(services: Services, chain: tuple[Deployment, ...], endpoint: Endpoint) -> tuple[Deployment, ...]:

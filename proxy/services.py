@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from policies.engine import Admission, Crossing, Engine
+from policies.engine import Admission, Engine
 from policies.errors import LedgerUnavailable
 from pricing.catalog import Catalog
 from pricing.tokens import TokenCounter
+from proxy.approvals import ApprovalDesk
 from proxy.auth import KeyRing
+from proxy.budgeting import Alerts
 from proxy.errors import InvalidRequest
 from proxy.routing import Router
 from proxy.settings import Settings
@@ -41,7 +42,8 @@ class Services:
     mock: MockUpstream
     translated: TranslatedUpstream
     engine: Engine
-    on_crossings: Callable[[list[Crossing]], Awaitable[None]] | None = None  # alerts: warn / webhook
+    approvals: ApprovalDesk
+    alerts: Alerts
     draining: bool = False
     inflight: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -55,11 +57,8 @@ class Services:
             log.error("ledger unavailable at settle; the call's spend is in the store, not in the counters",
                       extra={"reservation_id": admission.reservation_id})
             return
-        if crossings and self.on_crossings is not None:
-            try:
-                await self.on_crossings(crossings)
-            except Exception:  # an alert that cannot be recorded must not fail a call that succeeded
-                log.exception("recording budget alerts failed")
+        if crossings:
+            await self.alerts.crossed(crossings)
 
     def begin_call(self) -> None:
         self.inflight += 1

@@ -1,0 +1,152 @@
+"""Budget state for dashboards and agents: `GET /api/budgets`, `PUT /api/budgets/{name}/limit`,
+`POST /api/estimate` (what a call would cost and the decision it would get, without calling the provider)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from policies.budgets import WILDCARD, Budget, Counter, call_tags, counter_key
+from policies.decisions import pct, status_of
+from policies.errors import LedgerUnavailable
+from policies.ledger.base import CounterSpec
+from policies.windows import counter_ttl_s, window_of
+from pricing.cost import estimate
+from pricing.money import nano_to_usd, usd_to_nano
+from proxy.admission import budget_detail, worst_case
+from proxy.attribution import attribute
+from proxy.auth import Principal
+from proxy.errors import InvalidRequest, NotFound, ProxyError, ServiceUnavailable, error_response
+from proxy.requests import check_body, parse_json_object, read_body
+from proxy.routes.api import caller, org_scope
+from proxy.services import Services
+from proxy.store.runtime_limits import save_limit
+from proxy.store.spend import counter_spend
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+def _visible(budget: Budget, principal: Principal, org: str | None) -> bool:
+    """Org-less budgets (their counters mix orgs) are for org-"*" admins; an org's keys see budgets naming
+    their org, or `org: "*"` (then only their own counter)."""
+    scoped = dict(budget.scope).get("org")
+    if scoped is None or scoped == WILDCARD:
+        return principal.all_orgs or scoped == WILDCARD
+    return org is None or scoped == org
+
+
+async def _counters(services: Services, budget: Budget, org: str | None, now: datetime) -> list[Counter]:
+    window = window_of(budget.window, now, budget.tz)
+    org_filter = org if dict(budget.scope).get("org") == WILDCARD else None
+    scopes = [scope for scope, _ in await counter_spend(services.store, budget, window, org_filter)]
+    if not any(value == WILDCARD for _, value in budget.scope) and not scopes:
+        scopes = [budget.scope]  # a fixed scope has its one counter, spent or not
+    ttl = counter_ttl_s(window, now)
+    return [Counter(budget, scope, window, counter_key(budget.name, scope, window.id), budget.limit_nano, ttl)
+            for scope in scopes]
+
+
+def _entry(counter: Counter, spent: int, reserved: int) -> dict[str, Any]:
+    detail = budget_detail(counter, spent, reserved)
+    detail.update(pct=round(pct(spent, counter.limit_nano), 2), status=status_of(spent, counter.limit_nano),
+                  on_exceed=counter.budget.on_exceed, mode=counter.budget.mode)
+    return detail
+
+
+async def list_budgets(request: Request) -> Response:
+    try:
+        services, principal = caller(request)
+        org = org_scope(principal, request)
+        now = datetime.now(UTC)
+        counters: list[Counter] = []
+        for budget in services.engine.budgets:
+            if _visible(budget, principal, org):
+                counters += await _counters(services, budget, org, now)
+        try:
+            states = await services.engine.ledger.states(
+                [CounterSpec(c.key, c.limit_nano, c.ttl_s) for c in counters])
+        except LedgerUnavailable:
+            raise ServiceUnavailable("the budget ledger is unreachable") from None
+        entries = [_entry(c, s.spent_nano, s.reserved_nano) for c, s in zip(counters, states, strict=True)]
+        return _json({"budgets": entries, "next_cursor": None})
+    except ProxyError as err:
+        return error_response(err)
+
+
+async def set_limit(request: Request) -> Response:
+    """A runtime cap for every counter of one budget, kept in the store (applied at start too) until the
+    file's `limit_usd` for that budget changes."""
+    try:
+        services, principal = caller(request)
+        principal.require("admin")
+        name = request.path_params["name"]
+        index = next((i for i, b in enumerate(services.engine.budgets) if b.name == name), None)
+        org = org_scope(principal, request)
+        if index is None or not _visible(services.engine.budgets[index], principal, org) or (
+                not principal.all_orgs and dict(services.engine.budgets[index].scope).get("org") != org):
+            raise NotFound(f"no budget {name!r} this key may change")
+        body = parse_json_object(await read_body(request, 4096, request.headers.get("content-length")))
+        limit = body.get("limit_usd")
+        if isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 <= limit <= 1e9:
+            raise InvalidRequest("`limit_usd` must be a number from 0 to 1e9", param="limit_usd")
+        budget = services.engine.budgets[index]
+        updated = budget.with_limit(usd_to_nano(limit))
+        await save_limit(services.store, budget.name, updated.limit_nano, budget.config_limit_nano,
+                         principal.key_name, datetime.now(UTC))
+        budgets = list(services.engine.budgets)
+        budgets[index] = updated
+        services.engine.budgets = budgets
+        return _json({"name": name, "limit_usd": nano_to_usd(updated.limit_nano),
+                      "config_limit_usd": nano_to_usd(budget.config_limit_nano)})
+    except ProxyError as err:
+        return error_response(err)
+
+
+async def estimate_call(request: Request) -> Response:
+    """The cost range of a chat request and the decision it would get now, without calling the provider."""
+    try:
+        services, principal = caller(request)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
+        raw = await read_body(request, services.settings.server.max_body_bytes, headers.get("content-length"))
+        body = parse_json_object(raw)
+        check_body("chat", body)
+        attribution, _ = attribute(principal, headers, body)
+        chain = services.router.resolve(body["model"])
+        worst = worst_case(services.counter, "chat", body, raw, chain)
+        price = chain[0].price
+        assert price is not None  # worst_case refuses unpriced models
+        expected_prompt = services.counter.count_request("chat", body, chain[0].upstream_model)
+        cost = estimate(price, prompt_tokens=expected_prompt, prompt_tokens_max=expected_prompt,
+                        max_output_tokens=worst.max_tokens)
+        tags = call_tags(attribution, model=body["model"], provider=chain[0].provider)
+        counters = services.engine.counters(tags)
+        states = await services.engine.ledger.states([CounterSpec(c.key, c.limit_nano, c.ttl_s) for c in counters])
+        decision, budgets = "allow", []
+        for counter, state in zip(counters, states, strict=True):
+            fits = state.spent_nano + state.reserved_nano + worst.nano <= counter.limit_nano
+            budgets.append(_entry(counter, state.spent_nano, state.reserved_nano) | {"fits": fits})
+            if not fits and counter.budget.enforced:
+                action = {"block": "clamp" if counter.budget.clamp_max_tokens else "block",
+                          "approve": "hold"}.get(counter.budget.on_exceed, "warn")
+                decision = max(decision, action, key=["allow", "warn", "clamp", "hold", "block"].index)
+        return _json({"model": body["model"], "min_usd": nano_to_usd(cost.min_nano),
+                      "expected_usd": nano_to_usd(cost.expected_nano), "max_usd": nano_to_usd(worst.nano),
+                      "max_output_tokens": worst.max_tokens, "decision": decision, "budgets": budgets})
+    except LedgerUnavailable:
+        return error_response(ServiceUnavailable("the budget ledger is unreachable"))
+    except ProxyError as err:
+        return error_response(err)
+
+
+routes = [
+    Route("/api/budgets", list_budgets, methods=["GET"]),
+    Route("/api/budgets/{name}/limit", set_limit, methods=["PUT"]),
+    Route("/api/estimate", estimate_call, methods=["POST"]),
+]
