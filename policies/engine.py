@@ -9,8 +9,8 @@ reports the alert thresholds that cost crossed; `release` gives it back. The cal
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -31,6 +31,8 @@ from policies.ledger.base import CounterSpec, CounterState, Ledger
 # Blocking actions: the call may not pass the limit. Soft actions let it through and say so.
 _BLOCKING = frozenset({"block", "approve"})
 HoldRequest = Callable[[Counter, int], Awaitable[str]]  # (counter, worst case) -> approval id
+# Nano-USD approvals granted to counters in their current window, added to their limits.
+ExtraLimits = Callable[[Sequence[Counter]], Awaitable[Mapping[str, int]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,17 +80,24 @@ class Engine:
     budgets: Sequence[Budget]
     reservation_ttl_s: float = 900.0
     on_hold: HoldRequest | None = None
+    extra_limits: ExtraLimits | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
     def counters(self, tags: CallTags) -> list[Counter]:
         return counters_for(self.budgets, tags, self.clock())
 
-    async def admit(self, tags: CallTags, worst_nano: int, reservation_id: str,
-                    clamp: ClampRoom | None = None) -> tuple[Decision, Admission | None]:
-        """Decide a call and, when it may go ahead, reserve its worst case. Raises LedgerUnavailable."""
+    async def admit(self, tags: CallTags, worst_nano: int, reservation_id: str, clamp: ClampRoom | None = None,
+                    *, on_hold: HoldRequest | None = None) -> tuple[Decision, Admission | None]:
+        """Decide a call and, when it may go ahead, reserve its worst case. Raises LedgerUnavailable.
+
+        `on_hold` (per call: it knows the caller) overrides the engine's for `approve` budgets."""
         counters = self.counters(tags)
         if not counters:
             return Allowed(), None
+        if self.extra_limits is not None:
+            granted = await self.extra_limits(counters)
+            if granted:
+                counters = [replace(c, limit_nano=c.limit_nano + granted.get(c.key, 0)) for c in counters]
         hard = tuple(c for c in counters if c.budget.enforced and c.budget.on_exceed in _BLOCKING)
         soft = tuple(c for c in counters if c not in hard)
         clamp_to: int | None = None
@@ -101,7 +110,8 @@ class Engine:
                     result = await self.ledger.reserve(reservation_id, _specs(hard), worst_nano,
                                                        self.reservation_ttl_s)
                 if not result.ok:
-                    return await self._refuse(hard, result.states, result.refused, worst_nano), None
+                    return await self._refuse(hard, result.states, result.refused, worst_nano,
+                                              on_hold or self.on_hold), None
         warnings: tuple[BudgetWarning, ...] = ()
         if soft:
             result = await self.ledger.reserve(_soft_id(reservation_id), _specs(soft), worst_nano,
@@ -166,11 +176,11 @@ class Engine:
         return tokens, room.prompt_nano + math.ceil(room.output_nano_per_token * tokens)
 
     async def _refuse(self, hard: Sequence[Counter], states: Sequence[CounterState],
-                      refused: CounterState | None, worst_nano: int) -> Decision:
+                      refused: CounterState | None, worst_nano: int, on_hold: HoldRequest | None) -> Decision:
         state = refused or states[0]
         counter = _counter(hard, state) or hard[0]
-        if counter.budget.on_exceed == "approve" and self.on_hold is not None:
-            return Held(await self.on_hold(counter, worst_nano), counter)
+        if counter.budget.on_exceed == "approve" and on_hold is not None:
+            return Held(await on_hold(counter, worst_nano), counter)
         return Denied(counter, state.spent_nano, state.reserved_nano, worst_nano)
 
 
