@@ -78,6 +78,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webhook_test(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from proxy.webhooks import send_test
+
+    try:
+        settings = _load(_config_path(args.config))
+    except ConfigError as exc:
+        print("\n".join(exc.lines), file=sys.stderr)
+        return 1
+    if args.name not in {w.name for w in settings.webhooks}:
+        print(f"no webhook named {args.name!r} in the config", file=sys.stderr)
+        return 1
+    status, error = asyncio.run(send_test(settings.webhooks, args.name))
+    print(f"{args.name}: HTTP {status}" if error is None else f"{args.name}: failed: {error}")
+    return 0 if error is None else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spendgate", description="LLM proxy with metering and budgets")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     kn = keys_sub.add_parser("new", help="generate a high-entropy key and its hash")
     kn.set_defaults(func=cmd_keys_new)
+    wh = sub.add_parser("webhook", help="webhook tools")
+    wh_sub = wh.add_subparsers(dest="webhook_command", required=True)
+    wt = wh_sub.add_parser("test", help="send one signed sample budget.threshold event to webhook NAME")
+    wt.add_argument("name")
+    wt.add_argument("--config")
+    wt.set_defaults(func=cmd_webhook_test)
     return parser
 
 

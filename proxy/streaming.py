@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from policies.errors import LedgerUnavailable
 from pricing.money import format_usd
 from proxy.errors import ProxyError, error_body
 from proxy.metering import StreamMeter
@@ -35,6 +37,9 @@ class MeteredStream:
         self.client_gone = False
         self._row: Any = None
         self.on_done: Callable[[], None] | None = None
+        # A stream may outlive `reservation_ttl_s`: its reservation is renewed while it runs.
+        self._renew_every = call.services.engine.reservation_ttl_s / 3
+        self._renew_at = time.monotonic() + self._renew_every
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watcher = asyncio.ensure_future(self._watch_disconnect(receive))
@@ -75,9 +80,19 @@ class MeteredStream:
     async def _relay(self, out: bytes, send: Send) -> None:
         if not out:
             return
+        if self.call.admission is not None and time.monotonic() >= self._renew_at:
+            await self._renew()
         if self.meter.finished and self._row is None:
             out = await self._finish(out)
         await send({"type": "http.response.body", "body": out, "more_body": True})
+
+    async def _renew(self) -> None:
+        self._renew_at = time.monotonic() + self._renew_every
+        assert self.call.admission is not None
+        try:
+            await self.call.services.engine.renew(self.call.admission)
+        except LedgerUnavailable:
+            log.error("could not renew a live stream's reservation", extra={"request_id": self.call.request_id})
 
     async def _watch_disconnect(self, receive: Receive) -> None:
         while True:

@@ -313,3 +313,23 @@ def test_ledger_down_fails_closed_or_bypasses_as_configured(upstream: FakeUpstre
                 if mode == "allow":
                     assert proxy.call_row(r.headers["x-spendgate-request-id"])["status"] == "ok"
                 redis.start()
+
+
+def test_a_long_stream_keeps_its_reservation_past_the_ttl(upstream: FakeUpstream, tmp_path: Path,
+                                                          closed_port: int, stop: list[Proxy]) -> None:
+    proxy = start(upstream, tmp_path, closed_port, [{"name": "cap", "scope": {"org": "acme"}, "window": "day",
+                                                      "limit_usd": 1}], ledger={"reservation_ttl_s": 1})
+    stop.append(proxy)
+    seen: list[float] = []
+
+    def watch() -> None:
+        time.sleep(2.0)  # past the 1 s TTL: only renewal keeps the reservation alive
+        seen.append(budgets_of(proxy)["cap:[('org', 'acme')]"]["reserved_usd"])
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    chunks = list(openai.OpenAI(base_url=proxy.base, api_key=ADMIN, max_retries=0).chat.completions.create(
+        model="fake-out70-gap50", messages=MSGS, stream=True, max_tokens=100))
+    watcher.join()
+    assert chunks and seen and seen[0] > 0
+    assert budgets_of(proxy)["cap:[('org', 'acme')]"]["reserved_usd"] == 0

@@ -364,3 +364,27 @@ async def test_two_replicas_deliver_each_event_exactly_once(pg_url: str,  # noqa
     finally:
         for s in stores:
             await s.close()
+
+
+def test_cli_webhook_test_sends_a_signed_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from proxy.cli import main
+
+    got: list[tuple[dict[str, str], bytes]] = []
+
+    async def hook(request: Request) -> Response:
+        got.append((dict(request.headers), await request.body()))
+        return Response(status_code=204)
+
+    monkeypatch.setenv("SG_CLI_HOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    with ThreadedServer(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as receiver:
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            "models:\n  - {name: mock, provider: mock, price_as: gpt-4o-mini}\n"
+            f"webhooks:\n  - {{name: ops, url: '{receiver.url}/hook', secret: 'env:SG_CLI_HOOK_SECRET', "
+            "allow_private_network: true}\n")
+        assert main(["webhook", "test", "ops", "--config", str(config)]) == 0
+        assert main(["webhook", "test", "nope", "--config", str(config)]) == 1
+    assert "ops: HTTP 204" in capsys.readouterr().out
+    headers, body = got[0]
+    assert verify(secret_bytes("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"), headers, body)
