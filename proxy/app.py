@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 from starlette.applications import Starlette
@@ -20,6 +21,7 @@ from proxy.approvals import ApprovalDesk
 from proxy.auth import KeyRing
 from proxy.budgeting import Alerts, build_engine, open_ledger, seed_from_store, start_version
 from proxy.errors import MethodNotAllowed, NotFound, ProxyError, error_response, family_for_path
+from proxy.reload import watch
 from proxy.routes import anthropic, api, budgets, health, openai
 from proxy.routes import approvals as approval_routes
 from proxy.routing import Router, check_prices
@@ -102,19 +104,23 @@ async def _services(settings: Settings, catalog: Catalog) -> AsyncIterator[Servi
         )
 
 
-def create_app(settings: Settings, *, catalog: Catalog | None = None) -> Starlette:
+def create_app(settings: Settings, *, catalog: Catalog | None = None, config_path: Path | None = None) -> Starlette:
+    """The app. With `config_path`, edits to that file apply live (see proxy/reload.py)."""
     catalog = catalog or load_catalog(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with _services(settings, catalog) as services:
             app.state.services = services
+            watcher = asyncio.create_task(watch(services, config_path)) if config_path else None
             log.info("spendgate ready", extra={"models": len(settings.models), "keys": len(settings.keys),
                                                "store": settings.store.redacted_url})
             try:
                 yield
             finally:
                 services.draining = True
+                if watcher is not None:
+                    watcher.cancel()
                 if not await services.wait_idle(grace_s=10.0):
                     log.error("shutdown with calls still in flight", extra={"inflight": services.inflight})
 

@@ -66,6 +66,11 @@ class ApprovalDesk:
         self._waiters: dict[str, int] = {}
         self._grants: dict[tuple[str, str], tuple[float, int]] = {}  # (key, window) -> (fetched at, nano)
 
+    def configure(self, *, grant_usd: float, wait_seconds: float) -> None:
+        """New settings from a config reload (pending approvals keep their ids)."""
+        self.grant_usd = grant_usd
+        self.wait_seconds = wait_seconds
+
     async def hold(self, counter: Counter, worst_nano: int, *, org: str, requested_by: str | None) -> str:
         """Hold a call over `counter`: the pending approval of its counter and window (created if none).
 

@@ -71,7 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     secrets = [m.api_key.get_secret_value() for m in settings.models if m.api_key is not None]
     logs.configure(settings.server.log_level, secrets)
-    app = create_app(settings)
+    app = create_app(settings, config_path=path)
     uvicorn.run(app, host=args.host or settings.server.host, port=args.port or settings.server.port,
                 log_config=None, access_log=False, server_header=False, timeout_graceful_shutdown=30,
                 h11_max_incomplete_event_size=settings.server.max_header_bytes)

@@ -176,6 +176,10 @@ class WebhookDispatcher:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
 
+    def configure(self, webhooks: Sequence[WebhookConfig]) -> None:
+        """New receivers from a config reload; queued items of a removed webhook fail on their next attempt."""
+        self._webhooks = {w.name: w for w in webhooks}
+
     async def start(self) -> None:
         if self._task is not None:
             return

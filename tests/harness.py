@@ -66,9 +66,9 @@ def test_models(up: FakeUpstream, closed_port: int) -> list[dict[str, Any]]:
 class Proxy:
     """A running spendgate; `url` is its base (add /v1 for the SDKs)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
         self.settings = settings
-        self.server = ThreadedServer(create_app(settings), timeout_graceful_shutdown=2)
+        self.server = ThreadedServer(create_app(settings, config_path=config_path), timeout_graceful_shutdown=2)
 
     def __enter__(self) -> Proxy:
         self.server.start()
@@ -103,6 +103,12 @@ class Proxy:
 
 def make_settings(up: FakeUpstream, tmp_path: Path, closed_port: int, *, store_url: str | None = None,
                   **overrides: Any) -> Settings:
+    return Settings.model_validate(settings_data(up, tmp_path, closed_port, store_url=store_url, **overrides))
+
+
+def settings_data(up: FakeUpstream, tmp_path: Path, closed_port: int, *, store_url: str | None = None,
+                  **overrides: Any) -> dict[str, Any]:
+    """The test config as plain data (to validate, or to write as a config.yaml)."""
     os.environ["SG_TEST_OPENAI_KEY"] = OPENAI_KEY
     os.environ["SG_TEST_ANTHROPIC_KEY"] = ANTHROPIC_KEY
     data: dict[str, Any] = {
@@ -113,7 +119,7 @@ def make_settings(up: FakeUpstream, tmp_path: Path, closed_port: int, *, store_u
         "keys": KEYS,
     }
     data.update(overrides)
-    return Settings.model_validate(data)
+    return data
 
 
 # --- the catalog, read independently of pricing/ -------------------------------------------------------
