@@ -14,12 +14,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from policies.ledger.memory import MemoryLedger
 from pricing.catalog import Catalog
 from pricing.tokens import TokenCounter
 from proxy.approvals import ApprovalDesk
 from proxy.auth import KeyRing
-from proxy.budgeting import Alerts, build_engine, open_ledger, seed_from_store, start_version
+from proxy.budgeting import Alerts, build_engine, open_ledger, rebuild_counters
 from proxy.errors import MethodNotAllowed, NotFound, ProxyError, error_response, family_for_path
 from proxy.reload import watch
 from proxy.routes import anthropic, api, budgets, health, openai
@@ -87,9 +86,7 @@ async def _services(settings: Settings, catalog: Catalog) -> AsyncIterator[Servi
                                  notify=dispatcher.emit if dispatcher else None)
         engine.extra_limits = approvals.extra_limits
         if engine.budgets:
-            if isinstance(ledger, MemoryLedger):  # Redis keeps its counters; a new process starts empty
-                seeded = await seed_from_store(ledger, engine.budgets, store, start_version())
-                log.info("budget counters rebuilt from the store", extra={"counters": seeded})
+            await rebuild_counters(ledger, engine.budgets, store, settings.ledger.on_unavailable)
             # Worst cases count OpenAI prompts exactly: load those encodings now, off the event loop.
             await asyncio.to_thread(counter.count_text, "", "gpt-4o")
             await asyncio.to_thread(counter.count_text, "", "gpt-4")

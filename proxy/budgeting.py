@@ -13,6 +13,7 @@ from policies.budgets import Budget, Counter, counter_key, scope_dict
 from policies.config import LedgerConfig
 from policies.decisions import pct
 from policies.engine import Crossing, Engine
+from policies.errors import LedgerUnavailable
 from policies.ledger.base import CounterSpec, Ledger
 from policies.ledger.memory import MemoryLedger
 from policies.ledger.redis import RedisLedger
@@ -51,6 +52,21 @@ async def seed_from_store(ledger: Ledger, budgets: Sequence[Budget], store: Stor
                                counter_ttl_s(window, now))
             seeded += await ledger.seed(spec, spent, version)
     return seeded
+
+
+async def rebuild_counters(ledger: Ledger, budgets: Sequence[Budget], store: Store, on_unavailable: str) -> None:
+    """Counters from the store at start: a memory ledger is new with every process; a Redis ledger is seeded
+    once per Redis lifetime (keyed by its run id), so a Redis that restarted empty gets its totals back and
+    replicas starting together do not add them up."""
+    try:
+        version = await ledger.version() if isinstance(ledger, RedisLedger) else start_version()
+        seeded = await seed_from_store(ledger, budgets, store, version)
+    except LedgerUnavailable:
+        if on_unavailable != "allow":
+            raise
+        log.error("ledger unavailable at start; counters not rebuilt (ledger.on_unavailable: allow)")
+        return
+    log.info("budget counters rebuilt from the store", extra={"counters": seeded, "version": version})
 
 
 def start_version() -> str:

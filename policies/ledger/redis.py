@@ -163,6 +163,15 @@ class RedisLedger:
         except LedgerUnavailable:
             return False
 
+    async def version(self) -> str:
+        """The Redis server's run id: it changes when Redis restarts (and forgets, keeping nothing on disk), so
+        seeding counters keyed by it applies once per Redis lifetime, however many replicas seed at once."""
+        async with self._unavailable():
+            info = await self._client.info("server")
+        if isinstance(info, dict) and "run_id" in info:
+            return f"redis-{info['run_id']}"
+        return "redis-" + "-".join(sorted(str(v.get("run_id")) for v in info.values()))  # cluster: per node
+
     async def aclose(self) -> None:
         await self._client.aclose()
 
