@@ -180,6 +180,37 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
         "responses": {"200": _json(_ref("Call"), "The call"), **api_errors}}}
     paths["/v1/models"] = {"get": {"summary": "Configured model names", "security": security, "responses": {
         "200": _json({"type": "object"}, "Model list"), "401": _json(_ref("OpenAIError"), "Error")}}}
+    admin_errors = {s: _json(_ref("OpenAIError"), "Error") for s in ("400", "401", "403", "404", "409", "503")}
+    obj = {"type": "object"}
+    paths["/api/budgets"] = {"get": {"summary": "Every budget counter the key may see", "security": security,
+                                     "responses": {"200": _json(obj, "{budgets: [...], next_cursor}"),
+                                                   **admin_errors}}}
+    paths["/api/budgets/{name}/limit"] = {"put": {
+        "summary": "Change a budget's limit at run time (admin)", "security": security,
+        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["limit_usd"],
+            "properties": {"limit_usd": {"type": "number", "minimum": 0, "maximum": 1e9}}}}}},
+        "responses": {"200": _json(obj, "The new limit"), **admin_errors}}}
+    paths["/api/estimate"] = {"post": {
+        "summary": "Cost range and budget decision of a chat request, without calling the provider",
+        "security": security, "requestBody": {"required": True, "content": {"application/json": {
+            "schema": _ref("ChatCompletionRequest")}}},
+        "responses": {"200": _json(obj, "{min_usd, expected_usd, max_usd, decision, budgets}"), **admin_errors}}}
+    paths["/api/approvals"] = {"get": {
+        "summary": "Approvals of the caller's org", "security": security,
+        "parameters": [{"name": "status", "in": "query", "required": False, "schema": {
+            "type": "string", "enum": ["pending", "approved", "denied", "expired"]}},
+            {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+        "responses": {"200": _json(obj, "{approvals: [...]}"), **admin_errors}}}
+    for action in ("approve", "deny"):
+        paths[f"/api/approvals/{{id}}/{action}"] = {"post": {
+            "summary": f"{action.capitalize()} a pending approval (admin)", "security": security,
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"grant_usd": {"type": "number", "exclusiveMinimum": 0}}}}}},
+            "responses": {"200": _json(obj, "The approval"), **admin_errors}}}
     for probe in ("/healthz", "/readyz"):
         paths[probe] = {"get": {"summary": "Probe", "responses": {"200": _json({"type": "object"}, "OK"),
                                                                   "503": _json({"type": "object"}, "Not ready")}}}
