@@ -7,6 +7,10 @@ read the proxy's CPU counters exactly around the measured requests:
     child:  sends the warm-up requests, prints "warm"
     parent: reads the proxy's CPU counters, writes "go"
     child:  sends the measured requests, prints one JSON line of results, exits
+
+Every request carries `X-Spendgate-Agent: <agent>` and `X-Spendgate-Run: run-<n>`, n cycling over `runs`
+ids, whatever the target (the bare forwarders ignore them), so every target gets identical requests and
+spendgate's per-agent and per-run budgets match every call.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ class Spec:
     concurrency: int
     warmup: int
     requests: int
+    agent: str = "bench-agent"
+    runs: int = 8
 
 
 @dataclass(slots=True)
@@ -44,6 +50,13 @@ class Result:
     error_samples: list[str] = field(default_factory=list)
     elapsed: float = 0.0
     client_cpu: float = 0.0
+
+
+def request_headers(spec: Spec) -> list[dict[str, str]]:
+    """One header set per run id; request i uses set i % runs."""
+    base = {"content-type": "application/json", "authorization": "Bearer " + spec.key,
+            "x-spendgate-agent": spec.agent}
+    return [{**base, "x-spendgate-run": f"run-{n}"} for n in range(max(spec.runs, 1))]
 
 
 async def _one(session: aiohttp.ClientSession, spec: Spec, payload: bytes, headers: dict[str, str],
@@ -80,7 +93,7 @@ async def _one(session: aiohttp.ClientSession, spec: Spec, payload: bytes, heade
 async def _batch(session: aiohttp.ClientSession, spec: Spec, count: int) -> Result:
     """Send `count` requests with `spec.concurrency` in flight until all are done."""
     payload = spec.body.encode()
-    headers = {"content-type": "application/json", "authorization": "Bearer " + spec.key}
+    header_sets = request_headers(spec)
     result = Result()
     remaining = count
 
@@ -88,7 +101,7 @@ async def _batch(session: aiohttp.ClientSession, spec: Spec, count: int) -> Resu
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            await _one(session, spec, payload, headers, result)
+            await _one(session, spec, payload, header_sets[remaining % len(header_sets)], result)
 
     cpu0, start = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(min(spec.concurrency, count))))

@@ -1,10 +1,12 @@
-"""The processes `make bench` runs: fake upstream, bare forwarders, spendgate; and what /proc says of them."""
+"""The processes `make bench` runs: fake upstream, bare forwarders, spendgate (bare and with budgets), the
+bench's own redis-server; and what /proc says of them."""
 
 from __future__ import annotations
 
 import http.client
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +22,7 @@ PYTHON = sys.executable
 BENCH_KEY = "sg-bench-virtual-key"
 KEY_ENV = "BENCH_UPSTREAM_KEY"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+SPENDGATE, BUDGETS_MEMORY, BUDGETS_REDIS = "spendgate", "spendgate+budgets (memory)", "spendgate+budgets (redis)"
 
 
 class StartError(RuntimeError):
@@ -41,7 +44,7 @@ class Server:
     key: str
     argv: list[str]
     log_path: Path
-    health: str = "/healthz"
+    health: str = "/healthz"  # "redis": answers PING instead of an HTTP GET
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -63,7 +66,7 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise StartError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if _answers(self.port, self.health):
+            if _redis_pongs(self.port) if self.health == "redis" else _answers(self.port, self.health):
                 return
             time.sleep(0.05)
         raise StartError(f"{self.name} did not answer GET {self.health} within {timeout:.0f} s:\n{self.log_tail()}")
@@ -98,6 +101,16 @@ def _answers(port: int, path: str) -> bool:
         conn.close()
 
 
+def _redis_pongs(port: int) -> bool:
+    """True once a redis-server on `port` answers PING with +PONG."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of the whole process (every thread), from /proc/<pid>/stat, in seconds."""
     with open(f"/proc/{pid}/stat") as f:
@@ -130,8 +143,19 @@ def machine_info() -> list[str]:
             f"Clock ticks per second (CPU counter resolution): {CLK_TCK}"]
 
 
-def spendgate_config(tmp: Path, port: int, upstream_port: int) -> Path:
-    """A config.yaml for spendgate: SQLite store in `tmp`, every fake-* model to the fake upstream."""
+# The three budgets the budget variants carry: every call matches all of them (the load generator sends
+# X-Spendgate-Agent and X-Spendgate-Run; the key pins org: bench), and the limits are never reached.
+BUDGETS_YAML = """\
+budgets:
+  - {name: org-monthly, scope: {org: bench}, window: month, limit_usd: 1000000}
+  - {name: per-agent-daily, scope: {agent: "*"}, window: day, limit_usd: 1000000}
+  - {name: per-run, scope: {run: "*"}, window: run, limit_usd: 1000000}
+"""
+
+
+def spendgate_config(tmp: Path, port: int, upstream_port: int, ledger_url: str | None = None) -> Path:
+    """A config.yaml for spendgate: SQLite store in `tmp`, every fake-* model to the fake upstream; with a
+    `ledger_url`, also that ledger and the three bench budgets."""
     text = f"""\
 server: {{host: 127.0.0.1, port: {port}, log_level: warning}}
 store: {{url: "sqlite+aiosqlite:///{tmp / 'bench.db'}"}}
@@ -144,17 +168,44 @@ models:
 keys:
   - {{name: bench, key_sha256: {hash_key(BENCH_KEY)}, org: bench, role: admin}}
 """
+    if ledger_url is not None:
+        text += f'ledger: {{url: "{ledger_url}"}}\n' + BUDGETS_YAML
     path = tmp / "config.yaml"
     path.write_text(text)
     return path
 
 
-def build_servers(tmp: Path) -> tuple[Server, list[Server]]:
-    """The fake upstream and the proxies in front of it (not started)."""
+def redis_server(tmp: Path) -> Server:
+    """The bench's own redis-server on a free port (never the machine's shared one), no persistence."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise StartError("redis-server is not on PATH (the 'spendgate+budgets (redis)' target needs one; "
+                         "apt-get install redis-server)")
+    port = free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
+    return Server("redis-server", port, "", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                             "--appendonly", "no", "--daemonize", "no", "--dir", str(tmp)],
+                  tmp / "redis.log", health="redis")
+
+
+def _spendgate(name: str, tmp: Path, upstream_port: int, ledger_url: str | None = None) -> Server:
+    tmp.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = spendgate_config(tmp, port, upstream_port, ledger_url)
+    spendgate_bin = str(Path(PYTHON).with_name("spendgate"))
+    argv = [spendgate_bin, "serve", "--config", str(config)] if Path(spendgate_bin).exists() else \
+        [PYTHON, "-m", "proxy.cli", "serve", "--config", str(config)]
+    return Server(name, port, BENCH_KEY, argv, tmp / "spendgate.log")
+
+
+def build_servers(tmp: Path) -> tuple[list[Server], list[Server]]:
+    """The helper servers (fake upstream first, then redis-server) and the proxies in front of the upstream
+    (none started). Each spendgate has its own directory under `tmp` (config, SQLite store, journal)."""
     up_port = free_port()
     upstream = Server("fake upstream", up_port, OPENAI_KEY,
                       [PYTHON, "-m", "tests.fakes.upstream", "--port", str(up_port)], tmp / "upstream.log",
                       health="/")
+    redis = redis_server(tmp / "redis")
     up_url = f"http://127.0.0.1:{up_port}/v1"
     proxies = []
     for client in ("aiohttp", "httpx"):
@@ -162,10 +213,7 @@ def build_servers(tmp: Path) -> tuple[Server, list[Server]]:
         proxies.append(Server(f"bare {client}", port, "unused",
                               [PYTHON, "-m", "bench.forwarder", "--client", client, "--port", str(port),
                                "--upstream", up_url], tmp / f"forwarder-{client}.log"))
-    port = free_port()
-    config = spendgate_config(tmp, port, up_port)
-    spendgate_bin = str(Path(PYTHON).with_name("spendgate"))
-    argv = [spendgate_bin, "serve", "--config", str(config)] if Path(spendgate_bin).exists() else \
-        [PYTHON, "-m", "proxy.cli", "serve", "--config", str(config)]
-    proxies.append(Server("spendgate", port, BENCH_KEY, argv, tmp / "spendgate.log"))
-    return upstream, proxies
+    proxies.append(_spendgate(SPENDGATE, tmp / "spendgate", up_port))
+    proxies.append(_spendgate(BUDGETS_MEMORY, tmp / "spendgate-memory", up_port, "memory://"))
+    proxies.append(_spendgate(BUDGETS_REDIS, tmp / "spendgate-redis", up_port, f"redis://127.0.0.1:{redis.port}/0"))
+    return [upstream, redis], proxies

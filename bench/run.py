@@ -1,8 +1,10 @@
 """`make bench`: spendgate's CPU per call against a bare Starlette + aiohttp forwarder (DESIGN.md section 13).
 
-Starts the fake upstream, two bare forwarders (aiohttp, httpx) and spendgate, each its own process, drives
-each with the same requests from a load-generator process, and prints a Markdown table (also written to
-bench/results/latest.md). Targets are interleaved per scenario and each cell is repeated; medians are shown.
+Starts the fake upstream, two bare forwarders (aiohttp, httpx) and three spendgates (no budgets; three
+budgets on the memory ledger; the same budgets on a Redis ledger, served by the bench's own redis-server),
+each its own process, drives each with the same requests from a load-generator process, and prints a Markdown
+table (also written to bench/results/latest.md). Targets are interleaved per scenario and each cell is
+repeated; medians are shown.
 
     python -m bench.run [--quick] [--reps R] [--concurrency 1,16,64]
     BENCH_REQUESTS=2 python -m bench.run      # twice as many requests per cell
@@ -22,10 +24,22 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.procs import PYTHON, ROOT, Server, StartError, build_servers, cpu_seconds, peak_rss_mb
+from bench.procs import (
+    BUDGETS_MEMORY,
+    BUDGETS_REDIS,
+    PYTHON,
+    ROOT,
+    SPENDGATE,
+    Server,
+    StartError,
+    build_servers,
+    cpu_seconds,
+    peak_rss_mb,
+)
 from bench.report import Cell, render
 
-TARGET = 1.3
+TARGET = 1.3  # spendgate (no budgets) and spendgate+budgets (memory) / bare aiohttp
+TARGET_REDIS = 1.5  # spendgate+budgets (redis) / bare aiohttp
 PROMPT = ("You are a careful assistant. Summarise the following note in two sentences. " * 6).strip()
 SETTLE_S = 0.4  # after the last answer, before reading CPU: lets a batched writer finish its flush
 
@@ -51,7 +65,7 @@ class Scenario:
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
     scale = float(os.environ.get("BENCH_REQUESTS", "1"))
-    base, warm = (400, 50) if args.quick else (2000, 200)
+    base, warm = (250, 25) if args.quick else (2000, 200)
     out = []
     for stream in (False, True):
         n = base // 2 if stream else base
@@ -60,8 +74,9 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
     return out
 
 
-def run_cell(target: Server, proxy: Server | None, sc: Scenario) -> Cell:
-    """One (target, scenario) measurement; `proxy` is the process whose CPU is read (None: direct)."""
+def run_cell(target: Server, proxy: Server | None, sc: Scenario, aux: Server | None = None) -> Cell:
+    """One (target, scenario) measurement; `proxy` is the process whose CPU is read (None: direct); `aux`
+    a helper whose CPU is reported beside it (the redis-server behind the Redis ledger)."""
     spec = {"url": f"{target.base}/v1/chat/completions", "key": target.key, "body": sc.body(),
             "stream": sc.stream, "concurrency": sc.concurrency, "warmup": sc.warmup, "requests": sc.requests}
     load = subprocess.Popen([PYTHON, "-m", "bench.load", json.dumps(spec)], cwd=ROOT, stdin=subprocess.PIPE,
@@ -71,11 +86,13 @@ def run_cell(target: Server, proxy: Server | None, sc: Scenario) -> Cell:
         if load.stdout.readline().strip() != "warm":
             raise RuntimeError(f"load generator failed during warm-up against {target.name}")
         cpu0 = cpu_seconds(proxy.pid) if proxy else 0.0
+        aux0 = cpu_seconds(aux.pid) if aux else 0.0
         load.stdin.write("go\n")
         load.stdin.flush()
         line = load.stdout.readline()
         time.sleep(SETTLE_S)
         cpu1 = cpu_seconds(proxy.pid) if proxy else 0.0
+        aux1 = cpu_seconds(aux.pid) if aux else 0.0
         load.wait(timeout=30)
     finally:
         if load.poll() is None:
@@ -84,12 +101,13 @@ def run_cell(target: Server, proxy: Server | None, sc: Scenario) -> Cell:
     if not line:
         raise RuntimeError(f"load generator against {target.name} produced no result (exit {load.returncode})")
     res = json.loads(line)
-    done = len(res["latencies"]) or 1
+    done = len(res["latencies"]) + res["errors"] or 1
     return Cell(scenario=sc.name, concurrency=sc.concurrency, target=target.name, stream=sc.stream,
                 requests=sc.requests, rps=len(res["latencies"]) / res["elapsed"] if res["elapsed"] else 0.0,
                 latencies=res["latencies"], ttfbs=res["ttfbs"], errors=res["errors"],
                 error_samples=res["error_samples"],
-                cpu_ms=(cpu1 - cpu0) * 1000 / (done + res["errors"]) if proxy else None,
+                cpu_ms=(cpu1 - cpu0) * 1000 / done if proxy else None,
+                aux_cpu_ms=(aux1 - aux0) * 1000 / done if aux else None,
                 rss_mb=peak_rss_mb(proxy.pid) if proxy else None,
                 client_cpu_pct=100 * res["client_cpu"] / res["elapsed"] if res["elapsed"] else 0.0)
 
@@ -97,7 +115,6 @@ def run_cell(target: Server, proxy: Server | None, sc: Scenario) -> Cell:
 def recorded_calls(spendgate: Server, expected: int) -> str:
     """Page through spendgate's GET /api/calls to count the rows it recorded."""
     total, cursor, deadline = 0, None, time.monotonic() + 60
-    time.sleep(1.0)  # the writer flushes journaled rows to SQL in batches
     while time.monotonic() < deadline:
         url = f"{spendgate.base}/api/calls?limit=1000" + (f"&cursor={cursor}" if cursor else "")
         req = urllib.request.Request(url, headers={"authorization": f"Bearer {spendgate.key}"})
@@ -106,8 +123,8 @@ def recorded_calls(spendgate: Server, expected: int) -> str:
         total += len(page["calls"])
         cursor = page.get("next_cursor")
         if not cursor:
-            return f"spendgate GET /api/calls answers: {total} calls recorded (requests sent: {expected})"
-    return f"spendgate GET /api/calls answers: at least {total} calls recorded (stopped paging after 60 s)"
+            return f"{spendgate.name} GET /api/calls answers: {total} calls recorded (requests sent: {expected})"
+    return f"{spendgate.name} GET /api/calls answers: at least {total} calls recorded (stopped paging after 60 s)"
 
 
 def _terminated(signum: int, frame: object) -> None:
@@ -124,17 +141,19 @@ def main(argv: list[str] | None = None) -> int:
     reps = args.reps or (1 if args.quick else 3)
     signal.signal(signal.SIGTERM, _terminated)  # unwind through the finally blocks that stop the servers
     plan = scenarios(args)
+    cells: list[Cell] = []
+    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="spendgate-bench-") as tmp:
-        upstream, proxies = build_servers(Path(tmp))
         started: list[Server] = []
         try:
-            for server in (upstream, *proxies):
+            helpers, proxies = build_servers(Path(tmp))
+            upstream, redis = helpers
+            for server in (*helpers, *proxies):
                 print(f"starting {server.name} on port {server.port} ...", file=sys.stderr, flush=True)
+                started.append(server)  # before start(): stopped even if it is interrupted coming up
                 server.start()
-                started.append(server)
             direct = Server("direct", upstream.port, upstream.key, [], upstream.log_path)
             targets: list[tuple[Server, Server | None]] = [(direct, None), *((p, p) for p in proxies)]
-            cells: list[Cell] = []
             for sc in plan:
                 for rep in range(reps):
                     # Rotate the order each repetition so no target always runs right after another.
@@ -142,14 +161,15 @@ def main(argv: list[str] | None = None) -> int:
                     for target, proxy in order:
                         print(f"  {sc.name:11} c={sc.concurrency:<3} rep {rep + 1}/{reps} {target.name}",
                               file=sys.stderr, flush=True)
-                        cells.append(run_cell(target, proxy, sc))
-            spendgate = proxies[-1]
-            sent = sum(c.requests for c in cells if c.target == spendgate.name) + \
-                sum(sc.warmup for sc in plan) * reps
-            try:
-                notes = [recorded_calls(spendgate, sent)]
-            except (OSError, ValueError, KeyError) as exc:
-                notes = [f"spendgate GET /api/calls failed: {type(exc).__name__}: {exc}"]
+                        cells.append(run_cell(target, proxy, sc, redis if target.name == BUDGETS_REDIS else None))
+            warmups = sum(sc.warmup for sc in plan) * reps
+            time.sleep(1.0)  # the writers flush journaled rows to SQL in batches
+            for spendgate in (p for p in proxies if p.name in (SPENDGATE, BUDGETS_MEMORY, BUDGETS_REDIS)):
+                sent = sum(c.requests for c in cells if c.target == spendgate.name) + warmups
+                try:
+                    notes.append(recorded_calls(spendgate, sent))
+                except (OSError, ValueError, KeyError) as exc:
+                    notes.append(f"{spendgate.name} GET /api/calls failed: {type(exc).__name__}: {exc}")
         except StartError as exc:
             print(f"bench: {exc}", file=sys.stderr)
             return 2
@@ -157,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: {exc}", file=sys.stderr)
             return 3
         finally:
-            for server in reversed(started):
+            for server in reversed(started):  # also on Ctrl-C: KeyboardInterrupt unwinds through here
                 server.stop()
-    text, errors = render(cells, reps=reps, target=TARGET, notes=notes)
+    text, errors = render(cells, reps=reps, target=TARGET, target_redis=TARGET_REDIS, notes=notes)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

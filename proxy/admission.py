@@ -36,7 +36,7 @@ _OPAQUE_CONTENT = (b'"image_url"', b'"input_image"', b'"type":"image"', b'"type"
                    b'"input_file"', b'"type":"document"', b'"type": "document"', b'"file_id"')
 # Responses API features whose cost no request field bounds.
 _UNBOUNDED_TOOLS = (b'"web_search', b'"file_search"', b'"code_interpreter"', b'"computer_use', b'"image_generation"')
-EXACT_COUNT_MAX_BYTES = 256 * 1024  # above this, the byte bound is used instead of counting on the hot path
+EXACT_COUNT_MAX_BYTES = 1024 * 1024  # above this, counting is not worth it: the byte bound stands
 
 
 class BudgetExceeded(ProxyError):
@@ -89,10 +89,13 @@ def max_output(endpoint: str, body: Mapping[str, Any], deployments: Sequence[Dep
 
 
 def prompt_bounds(counter: TokenCounter, endpoint: str, body: Mapping[str, Any], raw: bytes,
-                  deployment: Deployment) -> tuple[int, int]:
-    """(expected, upper bound) prompt tokens. The bound: the exact count for a model whose tokenizer we have
-    (plus a margin for framing), else the UTF-8 byte length (byte-level BPE: at most one token per byte);
-    the context window when content's cost is not in its bytes; never above the context window."""
+                  deployment: Deployment, *, exact: bool = False) -> tuple[int, int]:
+    """(expected, upper bound) prompt tokens. The bound: the UTF-8 byte length (byte-level BPE: at most one
+    token per byte), or with `exact` the count for a model whose tokenizer we have (plus a margin for
+    framing); the context window when content's cost is not in its bytes; never above the context window.
+
+    Counting costs CPU and ~100 MB of encodings, so the gate first tries the byte bound and counts only when
+    that would refuse the call (no false refusals near a cap, no counting on the common path)."""
     window = deployment.price.max_input_tokens if deployment.price else None
     if body.get("previous_response_id") or any(marker in raw for marker in _OPAQUE_CONTENT):
         if not window:
@@ -102,17 +105,16 @@ def prompt_bounds(counter: TokenCounter, endpoint: str, body: Mapping[str, Any],
     bound = len(raw)
     expected = bound // 4
     model = deployment.upstream_model
-    if len(raw) <= EXACT_COUNT_MAX_BYTES and counter.is_loaded(model):
+    if exact and len(raw) <= EXACT_COUNT_MAX_BYTES and counter.exact_for(model):
         expected = counter.count_request(endpoint if endpoint != "count_tokens" else "messages", body, model)
-        if counter.exact_for(model):
-            bound = min(bound, math.ceil(expected * 1.05) + 64)
+        bound = min(bound, math.ceil(expected * 1.05) + 64)
     if window:
         bound, expected = min(bound, window), min(expected, window)
     return expected, bound
 
 
 def worst_case(counter: TokenCounter, endpoint: str, body: dict[str, Any], raw: bytes,
-               chain: Sequence[Deployment]) -> WorstCase:
+               chain: Sequence[Deployment], *, exact: bool = False) -> WorstCase:
     """The most any deployment of the chain can charge for this request (a fallback may be pricier)."""
     if endpoint == "responses" and (body.get("background") or any(t in raw for t in _UNBOUNDED_TOOLS)):
         raise InvalidRequest("background calls and server-side tools cannot be bounded in advance, so they "
@@ -128,7 +130,7 @@ def worst_case(counter: TokenCounter, endpoint: str, body: dict[str, Any], raw: 
             raise InvalidRequest(f"model {deployment.requested!r} has no known price, so it cannot pass a budget "
                                  "that applies to this call (set `price_as` or `pricing.overrides`)",
                                  param="model")
-        expected, bound = prompt_bounds(counter, endpoint, body, raw, deployment)
+        expected, bound = prompt_bounds(counter, endpoint, body, raw, deployment, exact=exact)
         worst = max(worst, estimate(price, prompt_tokens=expected, prompt_tokens_max=bound,
                                     max_output_tokens=max_tokens, n=n, cache_write_possible=cache_write).max_nano)
         prompt_nano = max(prompt_nano, estimate(price, prompt_tokens=expected, prompt_tokens_max=bound,

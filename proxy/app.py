@@ -87,9 +87,6 @@ async def _services(settings: Settings, catalog: Catalog) -> AsyncIterator[Servi
         engine.extra_limits = approvals.extra_limits
         if engine.budgets:
             await rebuild_counters(ledger, engine.budgets, store, settings.ledger.on_unavailable)
-            # Worst cases count OpenAI prompts exactly: load those encodings now, off the event loop.
-            await asyncio.to_thread(counter.count_text, "", "gpt-4o")
-            await asyncio.to_thread(counter.count_text, "", "gpt-4")
         yield Services(
             settings=settings, keys=KeyRing(settings.keys),
             router=Router(settings.models, catalog, allow_unpriced=settings.pricing.unpriced == "allow"),

@@ -211,8 +211,15 @@ async def _gate(call: Call, raw: bytes, chain: tuple[Deployment, ...], approval_
         return await services.approvals.hold(counter, worst_nano, org=who.org, requested_by=who.key)
 
     try:
-        decision, call.admission = await services.engine.admit(tags, worst.nano, call.request_id, worst.clamp,
-                                                               on_hold=hold)
+        decision, call.admission = await services.engine.admit(tags, worst.nano, call.request_id, worst.clamp)
+        if isinstance(decision, Denied):
+            # Refused on the byte bound: count the prompt (off the loop) where the model's tokenizer is known,
+            # and ask again with the tighter worst case; an `approve` budget now opens or joins its approval.
+            exact = await asyncio.to_thread(worst_case, services.counter, call.endpoint, body, raw, chain,
+                                            exact=True)
+            worst = replace(worst, nano=min(worst.nano, exact.nano), clamp=exact.clamp or worst.clamp)
+            decision, call.admission = await services.engine.admit(tags, worst.nano, call.request_id,
+                                                                   worst.clamp, on_hold=hold)
         if isinstance(decision, Held) and services.approvals.wait_seconds > 0:
             # Held until an admin decides (or the wait ends); approved: admission runs again, with the grant.
             status = await services.approvals.wait(decision.approval_id)

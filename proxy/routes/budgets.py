@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +27,7 @@ from proxy.requests import check_body, parse_json_object, read_body
 from proxy.routes.api import caller, org_scope
 from proxy.services import Services
 from proxy.store.runtime_limits import save_limit
-from proxy.store.spend import counter_spend
+from proxy.store.spend import counter_spend, recent_output_tokens
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -119,12 +120,16 @@ async def estimate_call(request: Request) -> Response:
         check_body("chat", body)
         attribution, _ = attribute(principal, headers, body)
         chain = services.router.resolve(body["model"])
-        worst = worst_case(services.counter, "chat", body, raw, chain)
+        # Counting may load an encoding (~0.3 s) and a prompt may be large: off the event loop.
+        worst = await asyncio.to_thread(worst_case, services.counter, "chat", body, raw, chain, exact=True)
         price = chain[0].price
         assert price is not None  # worst_case refuses unpriced models
-        expected_prompt = services.counter.count_request("chat", body, chain[0].upstream_model)
+        expected_prompt = await asyncio.to_thread(services.counter.count_request, "chat", body,
+                                                  chain[0].upstream_model)
+        history = await recent_output_tokens(services.store, org=attribution.org, agent=attribution.agent,
+                                             model=body["model"])
         cost = estimate(price, prompt_tokens=expected_prompt, prompt_tokens_max=expected_prompt,
-                        max_output_tokens=worst.max_tokens)
+                        max_output_tokens=worst.max_tokens, expected_output_tokens=history)
         tags = call_tags(attribution, model=body["model"], provider=chain[0].provider)
         counters = services.engine.counters(tags)
         states = await services.engine.ledger.states([CounterSpec(c.key, c.limit_nano, c.ttl_s) for c in counters])
@@ -138,7 +143,8 @@ async def estimate_call(request: Request) -> Response:
                 decision = max(decision, action, key=["allow", "warn", "clamp", "hold", "block"].index)
         return _json({"model": body["model"], "min_usd": nano_to_usd(cost.min_nano),
                       "expected_usd": nano_to_usd(cost.expected_nano), "max_usd": nano_to_usd(worst.nano),
-                      "max_output_tokens": worst.max_tokens, "decision": decision, "budgets": budgets})
+                      "max_output_tokens": worst.max_tokens, "expected_output_tokens_from_history": history,
+                      "decision": decision, "budgets": budgets})
     except LedgerUnavailable:
         return error_response(ServiceUnavailable("the budget ledger is unreachable"))
     except ProxyError as err:

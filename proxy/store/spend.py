@@ -41,3 +41,16 @@ async def counter_spend(store: Store, budget: Budget, window: WindowSpan,
         scope = tuple(sorted(literal + list(zip(wild, (str(v) for v in row[:-1]), strict=True))))
         found.append((scope, spent))
     return found
+
+
+async def recent_output_tokens(store: Store, *, org: str, agent: str | None, model: str,
+                               last: int = 50) -> int | None:
+    """Average output tokens of the `last` completed calls of this agent and model (None without history):
+    what `POST /api/estimate` expects a new call to produce."""
+    recent = (select(usage.c.output_tokens)
+              .where(usage.c.org == org, usage.c.model == model, usage.c.status == "ok",
+                     usage.c.agent.is_(None) if agent is None else usage.c.agent == agent)
+              .order_by(usage.c.started_at.desc()).limit(last).subquery())
+    async with store.engine.connect() as conn:
+        average = (await conn.execute(select(func.avg(recent.c.output_tokens)))).scalar()
+    return None if average is None else round(float(average))

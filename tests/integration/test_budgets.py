@@ -273,7 +273,14 @@ def test_estimate_answers_without_calling_the_provider(upstream: FakeUpstream, t
     assert r.status_code == 200, r.text
     est = r.json()
     assert est["min_usd"] <= est["expected_usd"] <= est["max_usd"] and est["decision"] == "block"
+    assert est["expected_output_tokens_from_history"] is None
     assert upstream.requests == []
+    httpx.put(proxy.url + "/api/budgets/cap/limit", headers=AUTH, json={"limit_usd": 1})
+    for _ in range(3):
+        assert post(proxy, {"model": "fake-x-out12", "messages": MSGS, "max_tokens": 1000}).status_code == 200
+    r = httpx.post(proxy.url + "/api/estimate", headers=AUTH,
+                   json={"model": "fake-x-out12", "messages": MSGS, "max_tokens": 1000})
+    assert r.json()["expected_output_tokens_from_history"] == 12 and r.json()["decision"] == "allow"
 
 
 def test_unpriced_model_cannot_pass_a_budget(upstream: FakeUpstream, tmp_path: Path, closed_port: int,
