@@ -16,7 +16,6 @@ from typing import Any
 from policies.budgets import Counter, scope_dict
 from policies.decisions import Denied
 from policies.engine import ClampRoom
-from pricing.cost import estimate
 from pricing.money import NANO_PER_USD, nano_to_usd
 from pricing.tokens import TokenCounter
 from proxy.errors import InvalidRequest, ProxyError
@@ -130,13 +129,14 @@ def worst_case(counter: TokenCounter, endpoint: str, body: dict[str, Any], raw: 
             raise InvalidRequest(f"model {deployment.requested!r} has no known price, so it cannot pass a budget "
                                  "that applies to this call (set `price_as` or `pricing.overrides`)",
                                  param="model")
-        expected, bound = prompt_bounds(counter, endpoint, body, raw, deployment, exact=exact)
-        worst = max(worst, estimate(price, prompt_tokens=expected, prompt_tokens_max=bound,
-                                    max_output_tokens=max_tokens, n=n, cache_write_possible=cache_write).max_nano)
-        prompt_nano = max(prompt_nano, estimate(price, prompt_tokens=expected, prompt_tokens_max=bound,
-                                                max_output_tokens=0, n=n,
-                                                cache_write_possible=cache_write).max_nano)
-        out_rate = max(out_rate, price.max_output_rate(bound) * NANO_PER_USD * n)
+        _expected, bound = prompt_bounds(counter, endpoint, body, raw, deployment, exact=exact)
+        # Every bound prompt token at the highest input-side rate that can apply (cache write when the request
+        # carries cache_control), every output token at the highest output rate, times n; each part rounded
+        # up, so their sum bounds what the provider can bill.
+        prompt = math.ceil(bound * n * price.max_input_rate(bound, cache_write) * NANO_PER_USD)
+        rate = price.max_output_rate(bound) * NANO_PER_USD * n
+        worst = max(worst, prompt + math.ceil(rate * max_tokens))
+        prompt_nano, out_rate = max(prompt_nano, prompt), max(out_rate, rate)
     clamp = ClampRoom(prompt_nano, out_rate, max_tokens) if field else None
     return WorstCase(worst, clamp, field, max_tokens, inserted)
 
