@@ -28,12 +28,19 @@ def _load(path: Path) -> Settings:
     return settings
 
 
-def cmd_check_config(args: argparse.Namespace) -> int:
-    path = _config_path(args.config)
+def _load_or_report(path: Path) -> Settings | None:
+    """The settings, or None after printing every config problem (one per line) on stderr."""
     try:
-        settings = _load(path)
+        return _load(path)
     except ConfigError as exc:
         print("\n".join(exc.lines), file=sys.stderr)
+        return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = _config_path(args.config)
+    settings = _load_or_report(path)
+    if settings is None:
         return 1
     print(f"{path}: ok ({len(settings.models)} models, {len(settings.keys)} keys)")
     return 0
@@ -64,10 +71,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from proxy.app import create_app
 
     path = _config_path(args.config)
-    try:
-        settings = _load(path)
-    except ConfigError as exc:
-        print("\n".join(exc.lines), file=sys.stderr)
+    settings = _load_or_report(path)
+    if settings is None:
         return 1
     secrets = [m.api_key.get_secret_value() for m in settings.models if m.api_key is not None]
     logs.configure(settings.server.log_level, secrets)
@@ -83,10 +88,8 @@ def cmd_webhook_test(args: argparse.Namespace) -> int:
 
     from proxy.webhooks import send_test
 
-    try:
-        settings = _load(_config_path(args.config))
-    except ConfigError as exc:
-        print("\n".join(exc.lines), file=sys.stderr)
+    settings = _load_or_report(_config_path(args.config))
+    if settings is None:
         return 1
     if args.name not in {w.name for w in settings.webhooks}:
         print(f"no webhook named {args.name!r} in the config", file=sys.stderr)
