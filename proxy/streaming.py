@@ -19,7 +19,7 @@ from proxy.metering import StreamMeter
 from proxy.sse import comment
 
 if TYPE_CHECKING:
-    from proxy.relay import Call
+    from proxy.call import Call
 
 log = logging.getLogger(__name__)
 

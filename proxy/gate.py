@@ -1,0 +1,97 @@
+"""The budget gate of a call: admission against every matching budget, approvals, and what the client sees."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+
+from policies.budgets import Counter, call_tags
+from policies.decisions import Allowed, Denied, Held
+from policies.errors import LedgerUnavailable
+from proxy.admission import ApprovalDenied, ApprovalRequired, refusal, worst_case
+from proxy.call import Call
+from proxy.errors import InvalidRequest, ServiceUnavailable
+from proxy.services import Services
+from proxy.upstreams.base import Deployment
+
+log = logging.getLogger(__name__)
+
+
+async def gate(call: Call, raw: bytes, chain: tuple[Deployment, ...], approval_id: str | None) -> bool:
+    """Admit the call against every budget it matches; True if the body was changed (max tokens written)."""
+    services, body, who = call.services, call.body, call.attribution
+    tags = call_tags(who, model=body["model"], provider=chain[0].provider)
+    if not services.engine.counters(tags):
+        return False
+    if approval_id is not None:
+        await _check_approval(services, approval_id, who.org)
+    worst = worst_case(services.counter, call.endpoint, body, raw, chain)
+    changed = False
+    if worst.inserted and worst.max_field:
+        body[worst.max_field] = worst.max_tokens  # the provider may then never exceed what is reserved
+        changed = True
+
+    async def hold(counter: Counter, worst_nano: int) -> str:
+        return await services.approvals.hold(counter, worst_nano, org=who.org, requested_by=who.key)
+
+    try:
+        decision, call.admission = await services.engine.admit(tags, worst.nano, call.request_id, worst.clamp)
+        if isinstance(decision, Denied):
+            # Refused on the byte bound: count the prompt (off the loop) where the model's tokenizer is known,
+            # and ask again with the tighter worst case; an `approve` budget now opens or joins its approval.
+            exact = await asyncio.to_thread(worst_case, services.counter, call.endpoint, body, raw, chain,
+                                            exact=True)
+            worst = replace(worst, nano=min(worst.nano, exact.nano), clamp=exact.clamp or worst.clamp)
+            decision, call.admission = await services.engine.admit(tags, worst.nano, call.request_id,
+                                                                   worst.clamp, on_hold=hold)
+        if isinstance(decision, Held) and services.approvals.wait_seconds > 0:
+            # Held until an admin decides (or the wait ends); approved: admission runs again, with the grant.
+            status = await services.approvals.wait(decision.approval_id)
+            if status in ("denied", "expired"):
+                raise _denied(decision.approval_id, status)
+            if status == "approved":
+                decision, call.admission = await services.engine.admit(
+                    tags, worst.nano, call.request_id, worst.clamp, on_hold=hold)
+    except LedgerUnavailable:
+        if services.settings.ledger.on_unavailable != "allow":
+            raise ServiceUnavailable("the budget ledger is unreachable, so no call can be admitted "
+                                     "(ledger.on_unavailable: block)") from None
+        log.error("ledger unavailable: call passes unenforced", extra={"request_id": call.request_id})
+        call.enforcement = "bypassed"
+        return changed
+    match decision:
+        case Denied():
+            await services.alerts.exceeded(decision.counter, decision.spent_nano)
+            raise refusal(decision)
+        case Held():
+            await services.alerts.exceeded(decision.counter, None)
+            raise ApprovalRequired(
+                f"budget {decision.counter.budget.name!r} needs an admin's approval for more spend; retry "
+                f"with header X-Spendgate-Approval: {decision.approval_id} once approved",
+                extra={"approval_id": decision.approval_id})
+        case Allowed():
+            if decision.clamp_to is not None and worst.max_field:
+                body[worst.max_field] = decision.clamp_to
+                call.headers_out["x-spendgate-max-tokens-clamped"] = str(decision.clamp_to)
+                changed = True
+            if decision.warnings:
+                call.headers_out["x-spendgate-budget-warning"] = "; ".join(w.message for w in decision.warnings)
+                for warning in decision.warnings:
+                    await services.alerts.exceeded(warning.counter, None)
+    return changed
+
+
+async def _check_approval(services: Services, approval_id: str, org: str) -> None:
+    """A retry naming an approval: a denied or expired one ends here; an approved one's grant is already in
+    the counter's limit, and a pending one is joined again by admission."""
+    status = await services.approvals.status(approval_id, org)
+    if status is None:
+        raise InvalidRequest("X-Spendgate-Approval names no approval this key can see", param="approval")
+    if status in ("denied", "expired"):
+        raise _denied(approval_id, status)
+
+
+def _denied(approval_id: str, status: str) -> ApprovalDenied:
+    return ApprovalDenied(f"approval {approval_id} was {status}; this call is refused",
+                          extra={"approval_id": approval_id})
