@@ -15,7 +15,7 @@ from proxy.services import Services
 from proxy.store.queries import CallFilter, InvalidCursor, get_call, list_calls
 
 
-def _json(payload: Any, status: int = 200) -> Response:
+def json_response(payload: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
@@ -59,7 +59,7 @@ async def calls(request: Request) -> Response:
         except InvalidCursor:
             raise InvalidRequest("`cursor` is not valid; pass the next_cursor of a previous page",
                                  param="cursor") from None
-        return _json({"calls": rows, "next_cursor": cursor})
+        return json_response({"calls": rows, "next_cursor": cursor})
     except ProxyError as err:
         return error_response(err)
 
@@ -71,7 +71,7 @@ async def call_detail(request: Request) -> Response:
                              request_id=request.path_params["request_id"], pins=pins_of(principal))
         if row is None:
             raise NotFound("no call with that request id is visible to this key")
-        return _json(row)
+        return json_response(row)
     except ProxyError as err:
         return error_response(err)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -12,7 +11,7 @@ from starlette.routing import Route
 
 from proxy.approvals import ApprovalDesk
 from proxy.errors import InvalidRequest, NotFound, ProxyError, error_response
-from proxy.routes.api import caller, org_scope
+from proxy.routes.api import caller, json_response, org_scope
 from proxy.store.approvals import STATUSES
 
 
@@ -20,10 +19,6 @@ class Conflict(ProxyError):
     """The approval exists but is no longer pending (already decided, or expired)."""
 
     status, code, type = 409, "conflict", "invalid_request_error"
-
-
-def _json(payload: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
 def _desk(request: Request) -> ApprovalDesk:
@@ -54,7 +49,7 @@ async def list_approvals(request: Request) -> Response:
         q = request.query_params
         rows = await _desk(request).list_approvals(org_scope(principal, request), _status(q.get("status")),
                                                    _limit(q.get("limit")))
-        return _json({"approvals": rows})
+        return json_response({"approvals": rows})
     except ProxyError as err:
         return error_response(err)
 
@@ -92,7 +87,7 @@ async def _decide(request: Request, *, approve: bool) -> Response:
         decided = await desk.decide(approval_id, org, approve=approve, grant_usd=grant,
                                     decided_by=principal.key_name)
         if decided is not None:
-            return _json(decided)
+            return json_response(decided)
         current = await desk.get(approval_id, org)
         if current is None:
             raise NotFound("no approval with that id is visible to this key")

@@ -7,7 +7,6 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -23,15 +22,12 @@ from proxy.admission import budget_detail, worst_case
 from proxy.attribution import attribute
 from proxy.auth import Principal
 from proxy.errors import InvalidRequest, NotFound, ProxyError, ServiceUnavailable, error_response
+from proxy.relay import header_map
 from proxy.requests import check_body, parse_json_object, read_body
-from proxy.routes.api import caller, org_scope
+from proxy.routes.api import caller, json_response, org_scope
 from proxy.services import Services
 from proxy.store.runtime_limits import save_limit
 from proxy.store.spend import counter_spend, recent_output_tokens
-
-
-def _json(payload: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
 def _visible(budget: Budget, principal: Principal, org: str | None) -> bool:
@@ -76,7 +72,7 @@ async def list_budgets(request: Request) -> Response:
         except LedgerUnavailable:
             raise ServiceUnavailable("the budget ledger is unreachable") from None
         entries = [_entry(c, s.spent_nano, s.reserved_nano) for c, s in zip(counters, states, strict=True)]
-        return _json({"budgets": entries, "next_cursor": None})
+        return json_response({"budgets": entries, "next_cursor": None})
     except ProxyError as err:
         return error_response(err)
 
@@ -104,7 +100,7 @@ async def set_limit(request: Request) -> Response:
         budgets = list(services.engine.budgets)
         budgets[index] = updated
         services.engine.budgets = budgets
-        return _json({"name": name, "limit_usd": nano_to_usd(updated.limit_nano),
+        return json_response({"name": name, "limit_usd": nano_to_usd(updated.limit_nano),
                       "config_limit_usd": nano_to_usd(budget.config_limit_nano)})
     except ProxyError as err:
         return error_response(err)
@@ -114,7 +110,7 @@ async def estimate_call(request: Request) -> Response:
     """The cost range of a chat request and the decision it would get now, without calling the provider."""
     try:
         services, principal = caller(request)
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
+        headers = header_map(request)
         raw = await read_body(request, services.settings.server.max_body_bytes, headers.get("content-length"))
         body = parse_json_object(raw)
         check_body("chat", body)
@@ -141,7 +137,7 @@ async def estimate_call(request: Request) -> Response:
                 action = {"block": "clamp" if counter.budget.clamp_max_tokens else "block",
                           "approve": "hold"}.get(counter.budget.on_exceed, "warn")
                 decision = max(decision, action, key=["allow", "warn", "clamp", "hold", "block"].index)
-        return _json({"model": body["model"], "min_usd": nano_to_usd(cost.min_nano),
+        return json_response({"model": body["model"], "min_usd": nano_to_usd(cost.min_nano),
                       "expected_usd": nano_to_usd(cost.expected_nano), "max_usd": nano_to_usd(worst.nano),
                       "max_output_tokens": worst.max_tokens, "expected_output_tokens_from_history": history,
                       "decision": decision, "budgets": budgets})
