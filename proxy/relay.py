@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,7 +48,14 @@ async def handle(request: Request, endpoint: Endpoint) -> Reply:
         except ProxyError as err:
             return error_response(err, family, request_id)
         query = request.scope.get("query_string", b"").decode("latin-1")
-        response = await _forward(call, chain, query, headers, family)
+        try:
+            response = await _forward(call, chain, query, headers, family)
+        except Exception:
+            # A failure no path above expected: give the reservation back now rather than at its expiry.
+            if call.admission is not None:
+                with contextlib.suppress(Exception):  # the original failure is the one to report
+                    await asyncio.shield(services.engine.release(call.admission))
+            raise
         if isinstance(response, MeteredStream):
             response.on_done = services.end_call  # the stream records its row after this returns
             handed_off = True

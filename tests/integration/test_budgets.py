@@ -346,3 +346,21 @@ def test_a_long_stream_keeps_its_reservation_past_the_ttl(upstream: FakeUpstream
     watcher.join()
     assert chunks and seen and seen[0] > 0
     assert budgets_of(proxy)["cap:[('org', 'acme')]"]["reserved_usd"] == 0
+
+
+def test_an_unexpected_failure_gives_the_reservation_back_and_no_traceback(
+        upstream: FakeUpstream, tmp_path: Path, closed_port: int, stop: list[Proxy],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.upstreams.http import HttpUpstream
+
+    async def broken(self: HttpUpstream, request: Any) -> Any:
+        raise RuntimeError("injected fault")
+
+    proxy = start(upstream, tmp_path, closed_port, [{"name": "cap", "scope": {"org": "acme"}, "window": "day",
+                                                      "limit_usd": 1}])
+    stop.append(proxy)
+    monkeypatch.setattr(HttpUpstream, "open", broken)
+    r = post(proxy, {"model": "fake-out5", "messages": MSGS, "max_tokens": 5})
+    assert r.status_code == 500 and r.json()["error"]["type"] == "api_error"
+    assert "Traceback" not in r.text and "injected fault" not in r.text
+    assert budgets_of(proxy)["cap:[('org', 'acme')]"]["reserved_usd"] == 0
