@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.requests import Request
@@ -50,11 +50,26 @@ async def _counters(services: Services, budget: Budget, org: str | None, now: da
             for scope in scopes]
 
 
-def _entry(counter: Counter, spent: int, reserved: int) -> dict[str, Any]:
+def _entry(counter: Counter, spent: int, reserved: int, now: datetime | None = None) -> dict[str, Any]:
     detail = budget_detail(counter, spent, reserved)
     detail.update(pct=round(pct(spent, counter.limit_nano), 2), status=status_of(spent, counter.limit_nano),
-                  on_exceed=counter.budget.on_exceed, mode=counter.budget.mode)
+                  on_exceed=counter.budget.on_exceed, mode=counter.budget.mode,
+                  forecast_exhausted_at=forecast(counter, spent, now or datetime.now(UTC)))
     return detail
+
+
+def forecast(counter: Counter, spent: int, now: datetime) -> str | None:
+    """When the budget runs out at the window's average rate so far (None: no spend yet, no calendar window,
+    already exhausted, or not before the window resets)."""
+    start, resets = counter.window.starts_at, counter.window.resets_at
+    remaining = counter.limit_nano - spent
+    if start is None or resets is None or spent <= 0 or remaining <= 0:
+        return None
+    elapsed = (now - start).total_seconds()
+    if elapsed <= 0:
+        return None
+    at = now + timedelta(seconds=remaining * elapsed / spent)
+    return at.isoformat().replace("+00:00", "Z") if at < resets else None
 
 
 async def list_budgets(request: Request) -> Response:
@@ -71,7 +86,7 @@ async def list_budgets(request: Request) -> Response:
                 [CounterSpec(c.key, c.limit_nano, c.ttl_s) for c in counters])
         except LedgerUnavailable:
             raise ServiceUnavailable("the budget ledger is unreachable") from None
-        entries = [_entry(c, s.spent_nano, s.reserved_nano) for c, s in zip(counters, states, strict=True)]
+        entries = [_entry(c, s.spent_nano, s.reserved_nano, now) for c, s in zip(counters, states, strict=True)]
         return json_response({"budgets": entries, "next_cursor": None})
     except ProxyError as err:
         return error_response(err)
