@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from pricing.catalog import Catalog
+from pricing.errors import PricingError
 from pricing.tokens import TokenCounter
 from proxy.approvals import ApprovalDesk
 from proxy.auth import KeyRing
@@ -25,7 +26,7 @@ from proxy.routes import anthropic, api, budgets, health, openai
 from proxy.routes import approvals as approval_routes
 from proxy.routing import Router, check_prices
 from proxy.services import Services
-from proxy.settings import ConfigError, Settings, line_of
+from proxy.settings import ConfigError, Settings, line_of, load_settings
 from proxy.store.db import Store
 from proxy.store.journal import Journal
 from proxy.store.runtime_limits import apply_limits
@@ -50,6 +51,16 @@ def load_catalog(settings: Settings, source: str = "config.yaml", text: str | No
             f"{source}:{line_of(text, loc) if text is not None else 1} {loc[0]}[{loc[1]}].{loc[2]}: {message}"
             for loc, message in problems])
     return catalog
+
+
+def load_config(path: Path) -> tuple[Settings, Catalog]:
+    """config.yaml validated whole, and the price catalog built for it (ConfigError lists every problem)."""
+    settings = load_settings(path)
+    try:
+        catalog = load_catalog(settings, str(path), path.read_text(encoding="utf-8"))
+    except PricingError as exc:  # the bundled catalog is missing or broken: one line, not a traceback
+        raise ConfigError([f"{path}: {exc}"]) from None
+    return settings, catalog
 
 
 @contextlib.asynccontextmanager

@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from proxy.settings import ConfigError, Settings, load_settings
+from pricing.catalog import Catalog
+from proxy.settings import ConfigError, Settings
 
 DEFAULT_CONFIG = "config.yaml"
 
@@ -16,22 +17,12 @@ def _config_path(arg: str | None) -> Path:
     return Path(arg or os.environ.get("SPENDGATE_CONFIG") or DEFAULT_CONFIG)
 
 
-def _load(path: Path) -> Settings:
-    from pricing.errors import PricingError
-    from proxy.app import load_catalog
+def _load_or_report(path: Path) -> tuple[Settings, Catalog] | None:
+    """Settings and catalog, or None after printing every config problem (one per line) on stderr."""
+    from proxy.app import load_config
 
-    settings = load_settings(path)
     try:
-        load_catalog(settings, str(path), path.read_text(encoding="utf-8"))
-    except PricingError as exc:  # the bundled catalog is missing or broken: one line, not a traceback
-        raise ConfigError([f"{path}: {exc}"]) from None
-    return settings
-
-
-def _load_or_report(path: Path) -> Settings | None:
-    """The settings, or None after printing every config problem (one per line) on stderr."""
-    try:
-        return _load(path)
+        return load_config(path)
     except ConfigError as exc:
         print("\n".join(exc.lines), file=sys.stderr)
         return None
@@ -39,9 +30,10 @@ def _load_or_report(path: Path) -> Settings | None:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = _config_path(args.config)
-    settings = _load_or_report(path)
-    if settings is None:
+    loaded = _load_or_report(path)
+    if loaded is None:
         return 1
+    settings, _ = loaded
     print(f"{path}: ok ({len(settings.models)} models, {len(settings.keys)} keys)")
     return 0
 
@@ -71,12 +63,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from proxy.app import create_app
 
     path = _config_path(args.config)
-    settings = _load_or_report(path)
-    if settings is None:
+    loaded = _load_or_report(path)
+    if loaded is None:
         return 1
+    settings, catalog = loaded
     secrets = [m.api_key.get_secret_value() for m in settings.models if m.api_key is not None]
     logs.configure(settings.server.log_level, secrets)
-    app = create_app(settings, config_path=path)
+    app = create_app(settings, catalog=catalog, config_path=path)  # the catalog is built once
     uvicorn.run(app, host=args.host or settings.server.host, port=args.port or settings.server.port,
                 log_config=None, access_log=False, server_header=False, timeout_graceful_shutdown=30,
                 h11_max_incomplete_event_size=settings.server.max_header_bytes)
@@ -88,9 +81,10 @@ def cmd_webhook_test(args: argparse.Namespace) -> int:
 
     from proxy.webhooks import send_test
 
-    settings = _load_or_report(_config_path(args.config))
-    if settings is None:
+    loaded = _load_or_report(_config_path(args.config))
+    if loaded is None:
         return 1
+    settings, _ = loaded
     if args.name not in {w.name for w in settings.webhooks}:
         print(f"no webhook named {args.name!r} in the config", file=sys.stderr)
         return 1

@@ -13,10 +13,11 @@ import os
 from pathlib import Path
 
 from policies.budgets import Budget
+from pricing.catalog import Catalog
 from proxy.auth import KeyRing
 from proxy.routing import Router
 from proxy.services import Services
-from proxy.settings import ConfigError, Settings, load_settings
+from proxy.settings import ConfigError, Settings
 from proxy.store.runtime_limits import apply_limits
 
 log = logging.getLogger(__name__)
@@ -31,23 +32,12 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
-def _load(path: Path) -> Settings:
-    from proxy.app import load_catalog
-
-    settings = load_settings(path)
-    load_catalog(settings, str(path), path.read_text(encoding="utf-8"))
-    return settings
-
-
-async def apply(services: Services, settings: Settings) -> None:
-    """Swap in a validated config. In-flight calls keep what they started with."""
-    from proxy.app import load_catalog
-
+async def apply(services: Services, settings: Settings, catalog: Catalog) -> None:
+    """Swap in a validated config and its catalog. In-flight calls keep what they started with."""
     old = services.settings
     for section in ("server", "store", "ledger"):
         if getattr(old, section) != getattr(settings, section):
             log.warning("config section changed; it applies after a restart", extra={"section": section})
-    catalog = await asyncio.to_thread(load_catalog, settings)
     budgets = await apply_limits(services.store, [Budget.from_config(b) for b in settings.budgets])
     services.catalog = catalog
     services.router = Router(settings.models, catalog, allow_unpriced=settings.pricing.unpriced == "allow")
@@ -73,13 +63,15 @@ async def watch(services: Services, path: Path, poll_s: float = POLL_S) -> None:
         if stamp is None or stamp == seen:
             continue
         seen = stamp
+        from proxy.app import load_config  # proxy.app imports this module
+
         try:
-            settings = await asyncio.to_thread(_load, path)
+            settings, catalog = await asyncio.to_thread(load_config, path)
         except ConfigError as exc:
             for line in exc.lines:
                 log.error("config edit refused; the last good config stays in force", extra={"problem": line})
             continue
         try:
-            await apply(services, settings)
+            await apply(services, settings, catalog)
         except Exception:
             log.exception("config reload failed; the last good config stays in force")
