@@ -19,6 +19,7 @@ from policies.engine import ClampRoom
 from pricing.money import NANO_PER_USD, nano_to_usd
 from pricing.tokens import TokenCounter
 from proxy.errors import InvalidRequest, ProxyError
+from proxy.store.queries import iso_utc
 from proxy.upstreams.base import Deployment
 
 # The max-output field of each endpoint, in the order spendgate looks for it; the first is the one it writes.
@@ -151,7 +152,7 @@ def budget_detail(counter: Counter, spent_nano: int, reserved_nano: int) -> dict
         "limit_usd": nano_to_usd(counter.limit_nano),
         "spent_usd": nano_to_usd(spent_nano),
         "reserved_usd": nano_to_usd(reserved_nano),
-        "resets_at": resets.isoformat().replace("+00:00", "Z") if resets else None,
+        "resets_at": iso_utc(resets) if resets else None,
     }
 
 

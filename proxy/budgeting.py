@@ -22,6 +22,7 @@ from pricing.money import nano_to_usd
 from proxy.settings import Settings
 from proxy.store.alerts import record_alert
 from proxy.store.db import Store
+from proxy.store.queries import iso_utc
 from proxy.store.spend import counter_spend
 from proxy.webhooks import WebhookDispatcher
 
@@ -123,4 +124,4 @@ class Alerts:
         return {"budget": counter.budget.name, "scope": scope_dict(counter.scope), "window": counter.budget.window,
                 "window_id": counter.window.id, "limit_usd": nano_to_usd(counter.limit_nano),
                 "spent_usd": nano_to_usd(spent_nano), "pct": round(pct(spent_nano, counter.limit_nano), 2),
-                "resets_at": resets.isoformat().replace("+00:00", "Z") if resets else None}
+                "resets_at": iso_utc(resets) if resets else None}

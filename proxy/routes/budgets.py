@@ -26,6 +26,7 @@ from proxy.relay import header_map
 from proxy.requests import check_body, parse_json_object, read_body
 from proxy.routes.api import caller, json_response, org_scope
 from proxy.services import Services
+from proxy.store.queries import iso_utc
 from proxy.store.runtime_limits import save_limit
 from proxy.store.spend import counter_spend, recent_output_tokens
 
@@ -69,7 +70,7 @@ def forecast(counter: Counter, spent: int, now: datetime) -> str | None:
     if elapsed <= 0:
         return None
     at = now + timedelta(seconds=remaining * elapsed / spent)
-    return at.isoformat().replace("+00:00", "Z") if at < resets else None
+    return iso_utc(at) if at < resets else None
 
 
 async def list_budgets(request: Request) -> Response:

@@ -17,6 +17,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from pricing.money import nano_to_usd
 from proxy.store.db import Store
 from proxy.store.models import alerts
+from proxy.store.queries import iso_utc
 
 MAX_LIMIT = 1000
 
@@ -59,6 +60,6 @@ async def list_alerts(store: Store, org: str | None, limit: int = 100) -> list[d
         {"id": r["id"], "org": r["org"], "budget": r["budget"], "counter_key": r["counter_key"],
          "window_id": r["window_id"], "at_pct": r["at_pct"], "action": r["action"],
          "spent_usd": nano_to_usd(r["spent_nano"]), "limit_usd": nano_to_usd(r["limit_nano"]),
-         "fired_at": r["fired_at"].isoformat().replace("+00:00", "Z")}
+         "fired_at": iso_utc(r["fired_at"])}
         for r in rows
     ]
