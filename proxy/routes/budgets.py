@@ -69,8 +69,10 @@ def forecast(counter: Counter, spent: int, now: datetime) -> str | None:
     elapsed = (now - start).total_seconds()
     if elapsed <= 0:
         return None
-    at = now + timedelta(seconds=remaining * elapsed / spent)
-    return iso_utc(at) if at < resets else None
+    seconds = remaining * elapsed / spent
+    if seconds >= (resets - now).total_seconds():  # compared first: a tiny spend gives a date past year 9999
+        return None
+    return iso_utc(now + timedelta(seconds=seconds))
 
 
 async def list_budgets(request: Request) -> Response:

@@ -31,6 +31,7 @@ def test_forecast_extrapolates_the_average_rate_of_the_window() -> None:
 def test_no_forecast_without_spend_or_once_exhausted_or_for_run_windows() -> None:
     c, now = counter("month", 30)
     assert forecast(c, 0, now) is None and forecast(c, 30 * USD, now) is None
+    assert forecast(c, 1, now) is None  # one nano-dollar in ten days: runs out long after the reset
     budget = Budget.from_config(BudgetConfig.model_validate(
         {"name": "r", "scope": {"run": "*"}, "window": "run", "limit_usd": 1}))
     span = window_of("run", now, budget.tz)
