@@ -21,8 +21,9 @@ from proxy.approvals import ApprovalDesk
 from proxy.auth import KeyRing
 from proxy.budgeting import Alerts, build_engine, open_ledger, rebuild_counters
 from proxy.errors import MethodNotAllowed, NotFound, ProxyError, error_response, family_for_path
+from proxy.ratelimit import RateLimiter
 from proxy.reload import watch
-from proxy.routes import anthropic, api, budgets, health, openai
+from proxy.routes import anthropic, api, budgets, costs, events, health, issues, metrics, openai
 from proxy.routes import approvals as approval_routes
 from proxy.routing import Router, check_prices
 from proxy.services import Services
@@ -106,6 +107,7 @@ async def _services(settings: Settings, catalog: Catalog) -> AsyncIterator[Servi
                               read_timeout=server.upstream_read_timeout_s),
             mock=MockUpstream(counter), translated=TranslatedUpstream(), engine=engine,
             approvals=approvals, alerts=Alerts(store, dispatcher),
+            limiter=RateLimiter(server.metrics_rate_limit_per_minute),
         )
 
 
@@ -130,7 +132,8 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, config_pat
                     log.error("shutdown with calls still in flight", extra={"inflight": services.inflight})
 
     app = Starlette(routes=[*openai.routes, *anthropic.routes, *api.routes, *approval_routes.routes,
-                            *budgets.routes, *health.routes], lifespan=lifespan,
+                            *budgets.routes, *events.routes, *metrics.routes, *issues.routes,
+                            *costs.routes, *health.routes], lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _unexpected})
     return app
 

@@ -7,7 +7,10 @@ from typing import Any, Literal
 import orjson
 from starlette.responses import Response
 
-Family = Literal["openai", "anthropic"]
+Family = Literal["openai", "anthropic", "seed"]
+
+# Path prefixes answered in the seed "Metrics API" error shape (DESIGN §14, error families).
+SEED_PREFIXES = ("/api/factory", "/api/ai-cost", "/api/v1/admin")
 
 
 class ProxyError(Exception):
@@ -92,6 +95,35 @@ class ServiceUnavailable(ProxyError):
     status, code, type = 503, "service_unavailable", "api_error"
 
 
+class RateLimited(ProxyError):
+    """Too many requests from this key; `Retry-After` says when to come back."""
+
+    status, code, type = 429, "rate_limited", "rate_limit_error"
+
+
+class DatabaseError(ProxyError):
+    """The store failed transiently while answering (retry)."""
+
+    status, code, type = 500, "database_error", "api_error"
+
+
+class SeedError(ProxyError):
+    """An error of the seed Metrics API with its own code (INVALID_METRIC_TYPE, INVALID_TIME_RANGE, ...)."""
+
+    def __init__(self, status: int, seed_code: str, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.status = status
+        self.seed_code = seed_code
+
+
+# The seed family's code when the error does not name one: by status.
+_SEED_CODES = {
+    400: "INVALID_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT", 413: "REQUEST_TOO_LARGE", 422: "INVALID_REQUEST", 429: "RATE_LIMITED",
+    500: "DATABASE_ERROR", 503: "SERVICE_UNAVAILABLE",
+}
+
+
 # Anthropic's error `type` vocabulary, by status.
 _ANTHROPIC_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 402: "billing_error", 403: "permission_error",
@@ -102,6 +134,10 @@ _ANTHROPIC_TYPES = {
 
 
 def error_body(err: ProxyError, family: Family) -> dict[str, Any]:
+    if family == "seed":
+        code = getattr(err, "seed_code", None) or _SEED_CODES.get(err.status, "INTERNAL_ERROR")
+        # Exactly the seed's three fields: dashboards and scripts already parse this shape.
+        return {"error": {"code": code, "message": err.message, "status": err.status}}
     if family == "anthropic":
         inner: dict[str, Any] = {"type": _ANTHROPIC_TYPES.get(err.status, "api_error"), "message": err.message}
         inner.update(err.extra)
@@ -120,4 +156,6 @@ def error_response(err: ProxyError, family: Family = "openai", request_id: str |
 
 
 def family_for_path(path: str) -> Family:
-    return "anthropic" if path.startswith("/v1/messages") else "openai"
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    return "seed" if path.startswith(SEED_PREFIXES) else "openai"

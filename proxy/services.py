@@ -14,6 +14,7 @@ from proxy.approvals import ApprovalDesk
 from proxy.auth import KeyRing
 from proxy.budgeting import Alerts
 from proxy.errors import InvalidRequest
+from proxy.ratelimit import RateLimiter
 from proxy.routing import Router
 from proxy.settings import Settings
 from proxy.store.db import Store
@@ -44,6 +45,7 @@ class Services:
     engine: Engine
     approvals: ApprovalDesk
     alerts: Alerts
+    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(1000))  # metrics APIs, per key
     draining: bool = False
     inflight: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)

@@ -47,6 +47,7 @@ class ServerConfig(BaseModel):
     upstream_connect_timeout_s: float = Field(10.0, gt=0)
     upstream_read_timeout_s: float = Field(600.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    metrics_rate_limit_per_minute: int = Field(1000, ge=1)
 
 
 class PricingConfig(BaseModel):

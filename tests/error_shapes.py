@@ -32,3 +32,14 @@ def assert_anthropic_error(r: httpx.Response, status: int, type_: str) -> dict[s
     err = body["error"]
     assert err["type"] == type_ and isinstance(err["message"], str) and err["message"], err
     return dict(err)
+
+
+def assert_seed_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The seed Metrics API family (`/api/factory/*`, `/api/ai-cost/*`, `/api/v1/admin/*`)."""
+    body = _common(r, status)
+    assert set(body) == {"error"}, body
+    err = body["error"]
+    assert set(err) == {"code", "message", "status"}, err
+    assert err["code"] == code and err["status"] == status, err
+    assert isinstance(err["message"], str) and err["message"], err
+    return dict(err)

@@ -222,3 +222,127 @@ approvals: Table = ApprovalRow.__table__  # type: ignore[assignment]
 alerts: Table = AlertRow.__table__  # type: ignore[assignment]
 webhook_outbox: Table = WebhookOutboxRow.__table__  # type: ignore[assignment]
 webhook_deliveries: Table = WebhookDeliveryRow.__table__  # type: ignore[assignment]
+
+
+class FactoryEventRow(Base):
+    """One factory lifecycle event (`POST /api/factory/events`), idempotent on (org, id).
+
+    The columns are what the metrics queries filter and group on; `payload` keeps the event as posted
+    (camelCase JSON) for the fields only listed back (version, branch, title, ...). Money is nano-USD.
+    `cost_nano` is what the event adds to spend: an unmetered session's costUsd plus its compute leg, or an
+    execution's compute cost; a metered session adds only its compute leg (its tokens are in `usage`).
+    """
+
+    __tablename__ = "factory_events"
+
+    org: Mapped[str] = mapped_column(String, primary_key=True)
+    id: Mapped[str] = mapped_column(String, primary_key=True)
+    type: Mapped[str] = mapped_column(String, nullable=False)
+    ts: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    project: Mapped[str | None] = mapped_column(String)
+    issue: Mapped[str | None] = mapped_column(String)
+    station: Mapped[str | None] = mapped_column(String)
+    run: Mapped[str | None] = mapped_column(String)
+    agent: Mapped[str | None] = mapped_column(String)
+    actor: Mapped[str | None] = mapped_column(String)  # agent | human
+    provider: Mapped[str | None] = mapped_column(String)
+    model: Mapped[str | None] = mapped_column(String)
+    ref: Mapped[str | None] = mapped_column(String)  # pairing key: handoffId, incidentId, deployment / commit
+    kind: Mapped[str | None] = mapped_column(String)  # execution kind, escalation strategy, pipeline name
+    outcome: Mapped[str | None] = mapped_column(String)  # passed | rework; approved | rejected
+    status: Mapped[str | None] = mapped_column(String)  # pipeline / deployment / incident status
+    overridden: Mapped[bool | None] = mapped_column(Boolean)
+    is_rollback: Mapped[bool | None] = mapped_column(Boolean)
+    metered: Mapped[bool | None] = mapped_column(Boolean)
+    cost_nano: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    compute_nano: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)  # part of cost_nano
+    input_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    duration_ms: Mapped[int | None] = mapped_column(BigInteger)
+    payload: Mapped[str] = mapped_column(Text, nullable=False)
+
+    __table_args__ = (
+        Index("ix_factory_events_org_type_ts", "org", "type", "ts"),
+        Index("ix_factory_events_org_issue_ts", "org", "issue", "ts"),
+    )
+
+
+class MetricBucketRow(Base):
+    """Additive rollup of spend per hour or day and per org x project x station x agent x provider x model.
+
+    Upserted in the transaction that stores the raw row (a call or an event), so buckets and raw rows never
+    disagree; `POST /api/factory/aggregate` rebuilds them from the raw rows. A missing dimension is ''
+    (NULLs would defeat the primary key). `calls` counts proxied calls and unmetered sessions; `errors`
+    those that failed; `compute_nano` is the part of `cost_nano` from the compute leg."""
+
+    __tablename__ = "metric_buckets"
+
+    grain: Mapped[str] = mapped_column(String, primary_key=True)  # hour | day
+    bucket_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    org: Mapped[str] = mapped_column(String, primary_key=True)
+    project: Mapped[str] = mapped_column(String, primary_key=True)
+    station: Mapped[str] = mapped_column(String, primary_key=True)
+    agent: Mapped[str] = mapped_column(String, primary_key=True)
+    provider: Mapped[str] = mapped_column(String, primary_key=True)
+    model: Mapped[str] = mapped_column(String, primary_key=True)
+    cost_nano: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    compute_nano: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    calls: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    unpriced: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    duration_ms: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+    __table_args__ = (Index("ix_metric_buckets_org_grain_start", "org", "grain", "bucket_start"),)
+
+
+class IssueDayRow(Base):
+    """Rollup per (org, issue, UTC day): what `GET /api/factory/cost-per-issue` lists without scanning calls."""
+
+    __tablename__ = "issue_days"
+
+    org: Mapped[str] = mapped_column(String, primary_key=True)
+    issue: Mapped[str] = mapped_column(String, primary_key=True)
+    day: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    project: Mapped[str] = mapped_column(String, nullable=False, default="")  # last seen
+    cost_nano: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    compute_nano: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    retry_nano: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    calls: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    unpriced: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    session_ms: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    first_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (Index("ix_issue_days_org_day", "org", "day"),)
+
+
+class RunAgentRow(Base):
+    """Rollup per (org, run, agent): cost per pipeline run with its per-agent breakdown and top runs."""
+
+    __tablename__ = "run_agents"
+
+    org: Mapped[str] = mapped_column(String, primary_key=True)
+    run: Mapped[str] = mapped_column(String, primary_key=True)
+    agent: Mapped[str] = mapped_column(String, primary_key=True)  # '' when untagged
+    project: Mapped[str] = mapped_column(String, nullable=False, default="")  # last seen
+    cost_nano: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    retry_nano: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    calls: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    first_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (Index("ix_run_agents_org_last_at", "org", "last_at"),)
+
+
+factory_events: Table = FactoryEventRow.__table__  # type: ignore[assignment]
+metric_buckets: Table = MetricBucketRow.__table__  # type: ignore[assignment]
+issue_days: Table = IssueDayRow.__table__  # type: ignore[assignment]
+run_agents: Table = RunAgentRow.__table__  # type: ignore[assignment]
