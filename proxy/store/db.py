@@ -18,6 +18,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from proxy.metrics.rollups import Rollup
 from proxy.store.config import StoreConfig
 from proxy.store.models import usage
 from proxy.store.records import CallRecord
@@ -80,7 +81,8 @@ class Store:
         """Like `insert_calls`, but returns the records that were newly inserted, in input order.
 
         ON CONFLICT (request_id) DO NOTHING on both dialects: a replayed record is stored once, and
-        only first-time rows are returned (so rollups fed from them never count a call twice).
+        only first-time rows are returned and rolled up (metric buckets, issue and run rollups), in the
+        insert's own transaction, so rollups never count a call twice or miss one.
         """
         unique: dict[str, CallRecord] = {}
         for rec in records:
@@ -93,6 +95,12 @@ class Store:
                 inserted = await _insert_postgresql(conn, rows)
             else:
                 inserted = await _insert_sqlite(conn, rows)
+            # Rolled up in the same transaction: buckets never count a call the table lacks, or miss one.
+            rollup = Rollup()
+            for row in rows:
+                if row["request_id"] in inserted:
+                    rollup.add_call(row)
+            await rollup.upsert(conn)
         return [rec for rid, rec in unique.items() if rid in inserted]
 
 

@@ -1,0 +1,254 @@
+"""POST /api/factory/events and POST /api/factory/aggregate on SQLite and PostgreSQL: validation, idempotency,
+org scoping, rollups at ingest (checked against sums computed here from the raw rows posted), and a rebuild
+that gives back exactly the incremental buckets."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import openai
+import pytest
+from sqlalchemy import select
+
+from proxy.store.config import StoreConfig
+from proxy.store.db import Store
+from proxy.store.models import issue_days, metric_buckets, run_agents
+from proxy.store.records import CallRecord
+from tests.error_shapes import assert_seed_error
+from tests.harness import ADMIN, AGENT, OTHER, ROOT, VIEWER, Proxy, expected_nano
+
+pytestmark = pytest.mark.integration
+NOW = datetime.now(UTC).replace(microsecond=0)
+RATE_NANO_PER_HOUR = 80_000_000  # the default compute_hourly_rate_usd, 0.08
+
+
+def iso(ts: datetime) -> str:
+    return ts.isoformat()
+
+
+def post(proxy: Proxy, body: Any, key: str = ADMIN, **headers: str) -> Any:
+    with proxy.client(key) as c:
+        return c.post("/api/factory/events", json=body, headers=headers)
+
+
+def sessions(n: int, *, org_days: int = 3) -> list[dict[str, Any]]:
+    """Sessions and executions spread over a few days, stations, agents and providers."""
+    events: list[dict[str, Any]] = []
+    for i in range(n):
+        ts = NOW - timedelta(days=i % org_days, hours=i % 5, minutes=i)
+        events.append({"id": f"s-{i}", "type": "session.completed", "ts": iso(ts), "issue": f"I-{i % 4}",
+                       "station": ("development", "qa")[i % 2], "agent": f"agent-{i % 3}", "run": f"run-{i % 2}",
+                       "provider": ("anthropic", "openai")[i % 2], "model": "m", "costUsd": 0.125 * (i + 1),
+                       "inputTokens": 100 * i, "outputTokens": 10 * i, "durationMs": 60_000 * (i + 1),
+                       "metered": i % 3 != 0})
+        events.append({"id": f"x-{i}", "type": "execution", "ts": iso(ts), "issue": f"I-{i % 4}",
+                       "kind": "test_run", "durationMs": 90_000 * (i + 1),
+                       **({"costUsd": 0.01} if i % 2 else {})})
+    return events
+
+
+def expected_event_cost(event: dict[str, Any]) -> tuple[int, int]:
+    """(cost, compute) nano-USD an event adds, computed from the posted JSON."""
+    compute = math.ceil(event["durationMs"] * RATE_NANO_PER_HOUR / 3_600_000)
+    if event["type"] == "execution":
+        compute = round(event["costUsd"] * 1e9) if "costUsd" in event else compute
+        return compute, compute
+    tokens = round(event["costUsd"] * 1e9) if event["metered"] is False else 0
+    return compute + tokens, compute
+
+
+async def _table(url: str, table: Any) -> list[dict[str, Any]]:
+    store = await Store.open(StoreConfig(url=url))
+    try:
+        async with store.engine.connect() as conn:
+            rows = (await conn.execute(select(table))).mappings().all()
+        return sorted((dict(r) for r in rows), key=lambda r: tuple(str(r[c.name]) for c in table.primary_key))
+    finally:
+        await store.close()
+
+
+def table(proxy: Proxy, t: Any) -> list[dict[str, Any]]:
+    return asyncio.run(_table(proxy.settings.store.url, t))
+
+
+def test_events_are_accepted_once_and_duplicates_counted(any_store_proxy: Proxy) -> None:
+    proxy = any_store_proxy
+    one = {"id": "e-1", "type": "issue.created", "ts": iso(NOW), "issue": "I-1"}
+    r = post(proxy, one)
+    assert r.status_code == 200 and r.json() == {"accepted": 1, "duplicates": 0}
+    batch = {"events": [one, {"id": "e-2", "type": "issue.completed", "ts": iso(NOW), "issue": "I-1"},
+                        {"id": "e-2", "type": "issue.completed", "ts": iso(NOW), "issue": "I-1"}]}
+    assert post(proxy, batch).json() == {"accepted": 1, "duplicates": 2}
+    # The same id in another org is another event.
+    assert post(proxy, one, key=OTHER).json() == {"accepted": 1, "duplicates": 0}
+    # An agent key of the org may post (the factory's orchestrator); the event's org is the key's.
+    assert post(proxy, {**one, "id": "e-3"}, key=AGENT).json() == {"accepted": 1, "duplicates": 0}
+
+
+def test_concurrent_posts_of_one_event_store_it_once(any_store_proxy: Proxy) -> None:
+    proxy = any_store_proxy
+    event = {"id": "dup", "type": "session.completed", "ts": iso(NOW), "provider": "openai", "costUsd": 1.0,
+             "durationMs": 1000, "metered": False, "issue": "I-9"}
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: post(proxy, event).json(), range(16)))
+    assert sum(a["accepted"] for a in answers) == 1 and sum(a["duplicates"] for a in answers) == 15
+    day = [b for b in table(proxy, metric_buckets) if b["grain"] == "day"]
+    assert sum(b["cost_nano"] for b in day) == expected_event_cost(event)[0]
+
+
+@pytest.mark.parametrize("event, field", [
+    ({"type": "issue.created", "ts": iso(NOW), "issue": "I"}, "event.id"),
+    ({"id": "a", "type": "issue.created", "ts": "2026-01-01T10:00:00", "issue": "I"}, "event.ts"),
+    ({"id": "a", "type": "issue.created", "ts": iso(NOW + timedelta(days=3)), "issue": "I"}, "event.ts"),
+    ({"id": "a", "type": "issue.shipped", "ts": iso(NOW)}, "event.type"),
+    ({"id": "a", "type": "station.completed", "ts": iso(NOW), "issue": "I", "station": "qa", "outcome": "meh"},
+     "event.outcome"),
+    ({"id": "a", "type": "session.completed", "ts": iso(NOW), "provider": "p", "costUSD": 3}, "event.costUSD"),
+    ({"id": "a", "type": "session.completed", "ts": iso(NOW), "provider": "p", "costUsd": -1}, "event.costUsd"),
+    ({"id": "a", "type": "execution", "ts": iso(NOW), "kind": "test_run", "durationMs": "5"}, "event.durationMs"),
+    ({"id": "a", "type": "handoff.decided", "ts": iso(NOW), "issue": "I", "decision": "approved",
+      "overridden": "yes"}, "event.overridden"),
+    ({"id": "a" * 129, "type": "issue.created", "ts": iso(NOW), "issue": "I"}, "event.id"),
+])
+def test_bad_events_get_a_400_naming_the_field(proxy: Proxy, event: dict[str, Any], field: str) -> None:
+    err = assert_seed_error(post(proxy, event), 400, "INVALID_REQUEST")
+    assert field in err["message"], err
+    err = assert_seed_error(post(proxy, {"events": [{"id": "ok", "type": "issue.created", "ts": iso(NOW),
+                                                     "issue": "I"}, event]}), 400, "INVALID_REQUEST")
+    assert field.replace("event", "events[1]") in err["message"], err
+    with proxy.client() as c:  # nothing of a refused batch is stored
+        assert c.get("/api/calls").status_code == 200
+    assert post(proxy, {"id": "ok", "type": "issue.created", "ts": iso(NOW), "issue": "I"}).json()["accepted"] == 1
+
+
+def test_malformed_bodies_and_access(proxy: Proxy) -> None:
+    with proxy.client() as c:
+        assert_seed_error(c.post("/api/factory/events", content=b"{nope"), 400, "INVALID_REQUEST")
+        assert_seed_error(c.post("/api/factory/events", json=[1, 2]), 400, "INVALID_REQUEST")
+        assert_seed_error(c.post("/api/factory/events", json={"events": []}), 400, "INVALID_REQUEST")
+        too_many = {"events": [{"id": str(i), "type": "issue.created", "ts": iso(NOW), "issue": "I"}
+                               for i in range(1001)]}
+        assert_seed_error(c.post("/api/factory/events", json=too_many), 400, "INVALID_REQUEST")
+        assert_seed_error(c.post("/api/factory/events", content=b"x" * 300_000), 413, "REQUEST_TOO_LARGE")
+    event = {"id": "a", "type": "issue.created", "ts": iso(NOW), "issue": "I"}
+    assert_seed_error(post(proxy, event, key="sk-nobody"), 401, "UNAUTHORIZED")
+    assert_seed_error(post(proxy, event, key=VIEWER), 403, "FORBIDDEN")  # viewers read, they do not write
+    assert_seed_error(post(proxy, {**event, "org": "globex"}), 403, "FORBIDDEN")
+    assert_seed_error(post(proxy, event, **{"X-Org-ID": "globex"}), 403, "FORBIDDEN")
+    assert_seed_error(post(proxy, event, key=ROOT), 400, "INVALID_REQUEST")  # an org-"*" key must name one
+    assert post(proxy, event, key=ROOT, **{"X-Org-ID": "initech"}).json()["accepted"] == 1
+    assert post(proxy, {**event, "id": "b", "org": "initech"}, key=ROOT).json()["accepted"] == 1
+    with proxy.client(AGENT) as c:  # only admins rebuild
+        assert_seed_error(c.post("/api/factory/aggregate"), 403, "FORBIDDEN")
+
+
+def _calls(n: int) -> list[CallRecord]:
+    records = []
+    for i in range(n):
+        start = NOW - timedelta(days=i % 3, hours=i % 7, minutes=2 * i)
+        records.append(CallRecord(
+            request_id=f"call-{i}", started_at=start, ended_at=start + timedelta(milliseconds=100 + i),
+            status=("ok", "ok", "error", "refused")[i % 4], http_status=200, org=("acme", "globex")[i % 5 == 0],
+            endpoint="/v1/chat/completions", provider=("openai", "anthropic")[i % 2], model=f"m{i % 3}",
+            project="web" if i % 2 else None, agent=f"agent-{i % 3}", station=("qa", None)[i % 3 == 0],
+            run=f"run-{i % 2}", issue=f"I-{i % 4}" if i % 5 else None, retry_of="call-0" if i % 6 == 5 else None,
+            input_tokens=10 * i, output_tokens=i, cost_nano=1000 * i + 7,
+            catalog_version="unpriced" if i % 7 == 3 else "v1"))
+    return records
+
+
+async def _insert(url: str, records: list[CallRecord]) -> None:
+    store = await Store.open(StoreConfig(url=url))
+    try:
+        await store.insert_new_calls(records)
+        await store.insert_new_calls(records[:10])  # a replay adds nothing
+    finally:
+        await store.close()
+
+
+def test_rollups_at_ingest_match_the_raw_rows_and_a_rebuild_gives_them_back(any_store_proxy: Proxy) -> None:
+    proxy = any_store_proxy
+    events = sessions(12)
+    assert post(proxy, {"events": events}).json() == {"accepted": 24, "duplicates": 0}
+    records = _calls(40)
+    asyncio.run(_insert(proxy.settings.store.url, records))
+
+    # Independent sums, per org and day, from what was posted and inserted.
+    want: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])  # cost, compute, calls, err, unpriced
+    for e in events:
+        cost, compute = expected_event_cost(e)
+        calls = int(e["type"] == "session.completed" and e["metered"] is False)
+        key = ("acme", datetime.fromisoformat(e["ts"]).date().isoformat())
+        for i, v in enumerate((cost, compute, calls, 0, 0)):
+            want[key][i] += v
+    for rec in records:
+        if rec.status == "refused":
+            continue
+        key = (rec.org, rec.started_at.date().isoformat())
+        for i, v in enumerate((rec.cost_nano, 0, 1, int(rec.status == "error"), int(rec.catalog_version == "unpriced"))):
+            want[key][i] += v
+    got: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+    for b in table(proxy, metric_buckets):
+        if b["grain"] == "day":
+            for i, col in enumerate(("cost_nano", "compute_nano", "calls", "errors", "unpriced")):
+                got[(b["org"], b["bucket_start"].date().isoformat())][i] += b[col]
+    assert dict(got) == dict(want)
+    hours = [b for b in table(proxy, metric_buckets) if b["grain"] == "hour"]
+    assert sum(b["cost_nano"] for b in hours) == sum(v[0] for v in want.values())
+
+    # Issue and run rollups: totals per issue / per (run, agent).
+    issue_want: dict[str, int] = defaultdict(int)
+    retry_want: dict[str, int] = defaultdict(int)
+    for e in events:
+        issue_want[e["issue"]] += expected_event_cost(e)[0]
+    for rec in records:
+        if rec.status != "refused" and rec.issue and rec.org == "acme":
+            issue_want[rec.issue] += rec.cost_nano
+            retry_want[rec.issue] += rec.cost_nano if rec.retry_of else 0
+    issue_got: dict[str, int] = defaultdict(int)
+    retry_got: dict[str, int] = defaultdict(int)
+    for row in table(proxy, issue_days):
+        if row["org"] == "acme":
+            issue_got[row["issue"]] += row["cost_nano"]
+            retry_got[row["issue"]] += row["retry_nano"]
+    assert issue_got == issue_want and {k: v for k, v in retry_got.items() if v} == {
+        k: v for k, v in retry_want.items() if v}
+    run_want: dict[tuple[str, str], int] = defaultdict(int)
+    for e in events:
+        if e["type"] == "session.completed":
+            run_want[(e["run"], e["agent"])] += expected_event_cost(e)[0]
+    for rec in records:
+        if rec.status != "refused" and rec.org == "acme":
+            run_want[(rec.run or "", rec.agent or "")] += rec.cost_nano
+    run_got = {(r["run"], r["agent"]): r["cost_nano"] for r in table(proxy, run_agents) if r["org"] == "acme"}
+    assert run_got == dict(run_want)
+
+    snapshot = {t.name: table(proxy, t) for t in (metric_buckets, issue_days, run_agents)}
+    with proxy.client() as c:  # acme's admin rebuilds acme only; globex's rows are left as they were
+        r = c.post("/api/factory/aggregate")
+    assert r.status_code == 200, r.text
+    assert r.json()["rebuilt"]["calls"] == sum(1 for rec in records if rec.org == "acme")
+    assert {t.name: table(proxy, t) for t in (metric_buckets, issue_days, run_agents)} == snapshot
+    with proxy.client(ROOT) as c:  # every org
+        assert c.post("/api/factory/aggregate").status_code == 200
+    assert {t.name: table(proxy, t) for t in (metric_buckets, issue_days, run_agents)} == snapshot
+
+
+def test_a_proxied_call_lands_in_the_buckets(any_store_proxy: Proxy) -> None:
+    proxy = any_store_proxy
+    client = openai.OpenAI(base_url=proxy.base, api_key=ADMIN, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="fake-in100-out20", messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"X-Spendgate-Issue": "I-7", "X-Spendgate-Station": "qa", "X-Spendgate-Run": "r-1"})
+    proxy.call_row(raw.headers["x-spendgate-request-id"])
+    cost = expected_nano("gpt-4o-mini", input=100, output=20)
+    day = [b for b in table(proxy, metric_buckets) if b["grain"] == "day"]
+    assert [(b["org"], b["station"], b["provider"], b["model"], b["cost_nano"], b["calls"], b["input_tokens"],
+             b["output_tokens"]) for b in day] == [("acme", "qa", "openai", "fake-in100-out20", cost, 1, 100, 20)]
+    assert [(r["issue"], r["cost_nano"], r["calls"]) for r in table(proxy, issue_days)] == [("I-7", cost, 1)]
+    assert [(r["run"], r["cost_nano"]) for r in table(proxy, run_agents)] == [("r-1", cost)]
