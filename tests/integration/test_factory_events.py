@@ -20,7 +20,7 @@ from proxy.store.db import Store
 from proxy.store.models import issue_days, metric_buckets, run_agents
 from proxy.store.records import CallRecord
 from tests.error_shapes import assert_seed_error
-from tests.harness import ADMIN, AGENT, OTHER, ROOT, VIEWER, Proxy, expected_nano
+from tests.harness import ADMIN, AGENT, OTHER, ROOT, VIEWER, Proxy, expected_nano, make_settings
 
 pytestmark = pytest.mark.integration
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -252,3 +252,15 @@ def test_a_proxied_call_lands_in_the_buckets(any_store_proxy: Proxy) -> None:
              b["output_tokens"]) for b in day] == [("acme", "qa", "openai", "fake-in100-out20", cost, 1, 100, 20)]
     assert [(r["issue"], r["cost_nano"], r["calls"]) for r in table(proxy, issue_days)] == [("I-7", cost, 1)]
     assert [(r["run"], r["cost_nano"]) for r in table(proxy, run_agents)] == [("r-1", cost)]
+
+
+def test_past_the_rate_limit_a_key_gets_429_with_retry_after(upstream: Any, tmp_path: Any, closed_port: int) -> None:
+    settings = make_settings(upstream, tmp_path, closed_port,
+                             server={"max_body_bytes": 200_000, "metrics_rate_limit_per_minute": 3})
+    event = {"id": "a", "type": "issue.created", "ts": iso(NOW), "issue": "I"}
+    with Proxy(settings) as proxy:
+        assert [post(proxy, event).status_code for _ in range(3)] == [200, 200, 200]
+        r = post(proxy, event)
+        assert_seed_error(r, 429, "RATE_LIMITED")
+        assert 1 <= int(r.headers["retry-after"]) <= 60
+        assert post(proxy, event, key=AGENT).status_code == 200  # the limit is per key
