@@ -13,11 +13,13 @@ import orjson
 from starlette.routing import Route
 
 from proxy.errors import Forbidden, InvalidRequest
+from proxy.metrics.eventlist import FILTERS, EventFilter, list_events
 from proxy.metrics.events import FactoryEvent, parse_events
 from proxy.metrics.ingest import ingest_events
 from proxy.metrics.rollups import rebuild
 from proxy.requests import read_body
-from proxy.routes.seed import ADMIN_ROLES, WRITE_ROLES, Caller, seed_endpoint
+from proxy.routes.seed import ADMIN_ROLES, READ_ROLES, WRITE_ROLES, Caller, seed_endpoint
+from proxy.store.queries import InvalidCursor
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,21 @@ def _by_org(caller: Caller, events: list[FactoryEvent]) -> dict[str, list[Factor
     return groups
 
 
+async def get_events(caller: Caller) -> dict[str, Any]:
+    """Events as posted, newest first: `?type=&issue=&station=&run=&project=&agent=&limit=&cursor=`."""
+    q = caller.request.query_params
+    raw_limit = q.get("limit", "100")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 500:
+        raise InvalidRequest("`limit` must be an integer from 1 to 500", param="limit")
+    try:
+        events, cursor = await list_events(caller.services.store, org=caller.org,
+                                           filters=EventFilter(**{k: q.get(k) for k in FILTERS}),
+                                           limit=int(raw_limit), cursor=q.get("cursor"))
+    except InvalidCursor:
+        raise InvalidRequest("`cursor` is not valid; pass the next_cursor of a previous page", param="cursor") from None
+    return {"events": events, "next_cursor": cursor}
+
+
 async def aggregate(caller: Caller) -> dict[str, Any]:
     """Rebuild the caller's org (every org for an org-"*" admin without X-Org-ID) from the raw rows."""
     result = await rebuild(caller.services.store, caller.org)
@@ -61,5 +78,6 @@ async def aggregate(caller: Caller) -> dict[str, Any]:
 
 routes = [
     Route("/api/factory/events", seed_endpoint(post_events, roles=WRITE_ROLES), methods=["POST"]),
+    Route("/api/factory/events", seed_endpoint(get_events, roles=READ_ROLES), methods=["GET"]),
     Route("/api/factory/aggregate", seed_endpoint(aggregate, roles=ADMIN_ROLES), methods=["POST"]),
 ]

@@ -264,3 +264,35 @@ def test_past_the_rate_limit_a_key_gets_429_with_retry_after(upstream: Any, tmp_
         assert_seed_error(r, 429, "RATE_LIMITED")
         assert 1 <= int(r.headers["retry-after"]) <= 60
         assert post(proxy, event, key=AGENT).status_code == 200  # the limit is per key
+
+
+def test_posted_events_read_back_newest_first_by_page_and_filter(any_store_proxy: Proxy) -> None:
+    proxy = any_store_proxy
+    events = [{"id": f"p-{i:02d}", "type": ("issue.created", "issue.completed")[i % 2],
+               "ts": iso(NOW - timedelta(minutes=i)), "issue": f"I-{i % 3}", "meta": {"n": i}} for i in range(25)]
+    assert post(proxy, {"events": events}).json()["accepted"] == 25
+    assert post(proxy, {"id": "g-1", "type": "issue.created", "ts": iso(NOW), "issue": "I-0"}, key=OTHER).status_code == 200
+    seen: list[str] = []
+    cursor = None
+    with proxy.client(VIEWER) as c:
+        while True:
+            r = c.get("/api/factory/events", params={"limit": 10, **({"cursor": cursor} if cursor else {})})
+            assert r.status_code == 200, r.text
+            page = r.json()
+            seen += [e["id"] for e in page["events"]]
+            assert all(e["org"] == "acme" for e in page["events"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == [e["id"] for e in events]  # ts descending: p-00 is the newest
+        first = c.get("/api/factory/events", params={"limit": 1}).json()["events"][0]
+        assert first["meta"] == {"n": 0} and first["issue"] == "I-0" and first["receivedAt"].endswith("Z")
+        done = c.get("/api/factory/events", params={"type": "issue.completed", "issue": "I-1"}).json()["events"]
+        assert [e["id"] for e in done] == [e["id"] for e in events if e["type"] == "issue.completed"
+                                           and e["issue"] == "I-1"]
+        assert_seed_error(c.get("/api/factory/events", params={"cursor": "nope"}), 400, "INVALID_REQUEST")
+        assert_seed_error(c.get("/api/factory/events", params={"limit": 0}), 400, "INVALID_REQUEST")
+    with proxy.client(OTHER) as c:
+        assert [e["id"] for e in c.get("/api/factory/events").json()["events"]] == ["g-1"]
+    with proxy.client(AGENT) as c:
+        assert_seed_error(c.get("/api/factory/events"), 403, "FORBIDDEN")
