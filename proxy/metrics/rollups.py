@@ -13,13 +13,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Table, delete, func, select, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import delete, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from proxy.store.models import factory_events, issue_days, metric_buckets, run_agents, usage
+from proxy.store.models import factory_events, issue_days, metric_buckets, run_agents, sqlite_value, usage
 
 GRAINS = ("hour", "day")
 # Amount columns of each table, in the order the accumulators keep them.
@@ -110,18 +110,17 @@ class Rollup:
     async def upsert(self, conn: AsyncConnection) -> None:
         """Add everything accumulated to the tables, inside the caller's transaction."""
         dialect = conn.dialect.name
-        if self.buckets:
-            keys: tuple[str, ...] = ("grain", "bucket_start", "org", "project", "station", "agent", "provider", "model")
-            rows = [dict(zip(keys, k, strict=True)) | dict(zip(BUCKET_AMOUNTS, v, strict=True))
-                    for k, v in sorted(self.buckets.items())]
-            await conn.execute(_upsert(metric_buckets, keys, BUCKET_AMOUNTS, dialect, spans=False), rows)
-        for table, keys, amounts, spans in ((issue_days, ("org", "issue", "day"), ISSUE_AMOUNTS, self.issues),
-                                            (run_agents, ("org", "run", "agent"), RUN_AMOUNTS, self.runs)):
-            if spans:
-                rows = [dict(zip(keys, k, strict=True)) | dict(zip(amounts, s.amounts, strict=True))
-                        | {"first_at": s.first_at, "last_at": s.last_at, "project": s.project}
-                        for k, s in sorted(spans.items())]
-                await conn.execute(_upsert(table, keys, amounts, dialect, spans=True), rows)
+        for table, keys, amounts, acc in _TABLES:
+            entries = getattr(self, acc)
+            if not entries:
+                continue
+            if acc == "buckets":
+                rows = [(*k, *v) for k, v in sorted(entries.items())]
+            else:
+                rows = [(*k, *s.amounts, s.first_at, s.last_at, s.project) for k, s in sorted(entries.items())]
+            if dialect == "sqlite":
+                rows = [tuple(sqlite_value(v) for v in row) for row in rows]
+            await conn.exec_driver_sql(_upsert_sql(table, keys, amounts, dialect, spans=acc != "buckets"), rows)
 
 
 def _add(into: list[int], amounts: tuple[int, ...]) -> None:
@@ -141,15 +140,31 @@ def _add_span(spans: dict[tuple[Any, ...], _Span], key: tuple[Any, ...], row: Ma
     span.project = max(span.project, project)  # order-free, so rebuilt rows equal incremental ones
 
 
-def _upsert(table: Table, keys: tuple[str, ...], amounts: tuple[str, ...], dialect: str, *, spans: bool) -> Any:
-    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-    least, greatest = (func.least, func.greatest) if dialect == "postgresql" else (func.min, func.max)
-    updates: dict[str, Any] = {a: table.c[a] + insert.excluded[a] for a in amounts}
+# (table, key columns, amount columns, accumulator attribute)
+_TABLES = (
+    ("metric_buckets", ("grain", "bucket_start", "org", "project", "station", "agent", "provider", "model"),
+     BUCKET_AMOUNTS, "buckets"),
+    ("issue_days", ("org", "issue", "day"), ISSUE_AMOUNTS, "issues"),
+    ("run_agents", ("org", "run", "agent"), RUN_AMOUNTS, "runs"),
+)
+
+
+@cache
+def _upsert_sql(table: str, keys: tuple[str, ...], amounts: tuple[str, ...], dialect: str, *, spans: bool) -> str:
+    """INSERT ... ON CONFLICT DO UPDATE adding the amounts (same text on both dialects but the placeholders).
+
+    Raw driver SQL on purpose: this runs in every writer batch, and SQLAlchemy's per-row bind processing
+    would cost more than the upsert itself."""
+    columns = [*keys, *amounts, *(("first_at", "last_at", "project") if spans else ())]
+    marks = ", ".join("?" if dialect == "sqlite" else f"${i + 1}" for i in range(len(columns)))
+    least, greatest = ("LEAST", "GREATEST") if dialect == "postgresql" else ("MIN", "MAX")
+    sets = [f"{a} = {table}.{a} + excluded.{a}" for a in amounts]
     if spans:
-        updates["first_at"] = least(table.c.first_at, insert.excluded.first_at)
-        updates["last_at"] = greatest(table.c.last_at, insert.excluded.last_at)
-        updates["project"] = greatest(table.c.project, insert.excluded.project)
-    return insert.on_conflict_do_update(index_elements=list(keys), set_=updates)
+        sets += [f"first_at = {least}({table}.first_at, excluded.first_at)",
+                 f"last_at = {greatest}({table}.last_at, excluded.last_at)",
+                 f"project = {greatest}({table}.project, excluded.project)"]  # order-free: rebuilt = incremental
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) "
+            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(sets)}")
 
 
 async def rebuild(store: Store, org: str | None = None) -> dict[str, int]:

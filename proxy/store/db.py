@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from proxy.metrics.rollups import Rollup
 from proxy.store.config import StoreConfig
-from proxy.store.models import usage
+from proxy.store.models import sqlite_value, usage
 from proxy.store.records import CallRecord
 
 log = logging.getLogger(__name__)
@@ -109,7 +108,6 @@ class Store:
 COLUMNS = tuple(c.name for c in usage.columns)
 _SQLITE_INSERT = (f"INSERT INTO usage ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
                   "ON CONFLICT (request_id) DO NOTHING")
-_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's SQLite DATETIME text: fixed width, so text order = time order
 
 
 async def _insert_sqlite(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
@@ -120,18 +118,10 @@ async def _insert_sqlite(conn: AsyncConnection, rows: list[dict[str, Any]]) -> s
         found = await conn.exec_driver_sql(
             f"SELECT request_id FROM usage WHERE request_id IN ({', '.join('?' * len(chunk))})", tuple(chunk))
         existing.update(r[0] for r in found)
-    params = [tuple(_sqlite_value(row[c]) for c in COLUMNS) for row in rows if row["request_id"] not in existing]
+    params = [tuple(sqlite_value(row[c]) for c in COLUMNS) for row in rows if row["request_id"] not in existing]
     if params:
         await conn.exec_driver_sql(_SQLITE_INSERT, params)
     return {rid for rid in ids if rid not in existing}
-
-
-def _sqlite_value(value: Any) -> Any:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column; pass a timezone-aware datetime")
-        return value.astimezone(UTC).strftime(_SQLITE_TIME)
-    return value
 
 
 _PG_TYPES = {"request_id": "text", "started_at": "timestamptz", "ended_at": "timestamptz"}

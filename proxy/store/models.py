@@ -6,6 +6,7 @@ Only counts and attribution are stored: prompts and completions never reach this
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -58,6 +59,19 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's SQLite DATETIME text: fixed width, so text order = time order
+
+
+def sqlite_value(value: Any) -> Any:
+    """A value as the raw SQLite driver must receive it (what UTCDateTime does, for statements that bypass
+    SQLAlchemy's bind processing on the hot write path)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column; pass a timezone-aware datetime")
+        return value.astimezone(UTC).strftime(SQLITE_TIME)
+    return value
 
 
 class Base(DeclarativeBase):
