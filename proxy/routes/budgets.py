@@ -12,6 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from policies.budgets import WILDCARD, Budget, Counter, call_tags, counter_key
+from policies.config import MAX_LIMIT_USD
 from policies.decisions import pct, status_of
 from policies.errors import LedgerUnavailable
 from policies.ledger.base import CounterSpec
@@ -108,20 +109,35 @@ async def set_limit(request: Request) -> Response:
                 not principal.all_orgs and dict(services.engine.budgets[index].scope).get("org") != org):
             raise NotFound(f"no budget {name!r} this key may change")
         body = parse_json_object(await read_body(request, 4096, request.headers.get("content-length")))
-        limit = body.get("limit_usd")
-        if isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 <= limit <= 1e9:
-            raise InvalidRequest("`limit_usd` must be a number from 0 to 1e9", param="limit_usd")
+        limit_nano = parse_limit_usd(body.get("limit_usd"), "limit_usd")
         budget = services.engine.budgets[index]
-        updated = budget.with_limit(usd_to_nano(limit))
-        await save_limit(services.store, budget.name, updated.limit_nano, budget.config_limit_nano,
-                         principal.key_name, datetime.now(UTC))
-        budgets = list(services.engine.budgets)
-        budgets[index] = updated
-        services.engine.budgets = budgets
+        updated = await apply_runtime_limit(services, budget, limit_nano, principal.key_name)
         return json_response({"name": name, "limit_usd": nano_to_usd(updated.limit_nano),
                       "config_limit_usd": nano_to_usd(budget.config_limit_nano)})
     except ProxyError as err:
         return error_response(err)
+
+
+def parse_limit_usd(limit: Any, param: str) -> int:
+    """A runtime limit as sent (USD, 0 to 1e9; 0 stops all spend) -> nano-USD; 400 otherwise."""
+    if isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 <= limit <= MAX_LIMIT_USD:
+        raise InvalidRequest(f"`{param}` must be a number from 0 to 1e9", param=param)
+    return usd_to_nano(limit)
+
+
+async def apply_runtime_limit(services: Services, budget: Budget, limit_nano: int, updated_by: str | None) -> Budget:
+    """Cap every counter of `budget` at `limit_nano`: saved in the store (applied again at start while the
+    file's limit is unchanged) and switched live in the engine. Shared by `PUT /api/budgets/{name}/limit` and
+    `PUT /api/ai-cost/budget-limit`."""
+    updated = budget.with_limit(limit_nano)
+    await save_limit(services.store, budget.name, updated.limit_nano, budget.config_limit_nano, updated_by,
+                     datetime.now(UTC))
+    budgets = list(services.engine.budgets)
+    for i, current in enumerate(budgets):
+        if current.name == budget.name:
+            budgets[i] = updated
+    services.engine.budgets = budgets
+    return updated
 
 
 async def estimate_call(request: Request) -> Response:
