@@ -1,4 +1,4 @@
-"""The `spendgate` command: serve, check-config, hash-key, keys new."""
+"""The `spendgate` command: serve, check-config, hash-key, keys new, webhook test, demo."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from pricing.catalog import Catalog
+from proxy.demo.command import add_arguments as add_demo_arguments  # stdlib only: the SDK loads on `demo`
 from proxy.settings import ConfigError, Settings
 
 DEFAULT_CONFIG = "config.yaml"
@@ -93,6 +94,12 @@ def cmd_webhook_test(args: argparse.Namespace) -> int:
     return 0 if error is None else 1
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from proxy.demo.command import run
+
+    return run(args, _config_path(args.config), sys.stdout, sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spendgate", description="LLM proxy with metering and budgets")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     wt.add_argument("name")
     wt.add_argument("--config")
     wt.set_defaults(func=cmd_webhook_test)
+    demo = sub.add_parser("demo", help="drive a simulated software factory through the running proxy "
+                                       "(or --backfill Nd: write its history into the store)")
+    add_demo_arguments(demo)
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 
