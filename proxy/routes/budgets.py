@@ -43,10 +43,11 @@ def _visible(budget: Budget, principal: Principal, org: str | None) -> bool:
 
 async def _counters(services: Services, budget: Budget, org: str | None, now: datetime) -> list[Counter]:
     window = window_of(budget.window, now, budget.tz)
-    org_filter = org if dict(budget.scope).get("org") == WILDCARD else None
-    scopes = [scope for scope, _ in await counter_spend(services.store, budget, window, org_filter)]
-    if not any(value == WILDCARD for _, value in budget.scope) and not scopes:
-        scopes = [budget.scope]  # a fixed scope has its one counter, spent or not
+    if any(value == WILDCARD for _, value in budget.scope):  # one counter per value seen: ask the store which
+        org_filter = org if dict(budget.scope).get("org") == WILDCARD else None
+        scopes = [scope for scope, _ in await counter_spend(services.store, budget, window, org_filter)]
+    else:
+        scopes = [budget.scope]  # a fixed scope has its one counter, spent or not (its spend is the ledger's)
     ttl = counter_ttl_s(window, now)
     return [Counter(budget, scope, window, counter_key(budget.name, scope, window.id), budget.limit_nano, ttl)
             for scope in scopes]
