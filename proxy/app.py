@@ -23,7 +23,7 @@ from proxy.budgeting import Alerts, build_engine, open_ledger, rebuild_counters
 from proxy.errors import MethodNotAllowed, NotFound, ProxyError, error_response, family_for_path
 from proxy.ratelimit import RateLimiter
 from proxy.reload import watch
-from proxy.routes import anthropic, api, budgets, costs, events, health, issues, metrics, openai
+from proxy.routes import anthropic, api, budgets, costs, dashboard, events, health, issues, metrics, openai
 from proxy.routes import approvals as approval_routes
 from proxy.routing import Router, check_prices
 from proxy.services import Services
@@ -133,7 +133,7 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, config_pat
 
     app = Starlette(routes=[*openai.routes, *anthropic.routes, *api.routes, *approval_routes.routes,
                             *budgets.routes, *events.routes, *metrics.routes, *issues.routes,
-                            *costs.routes, *health.routes], lifespan=lifespan,
+                            *costs.routes, *dashboard.routes, *health.routes], lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _unexpected})
     return app
 

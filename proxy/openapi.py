@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 from proxy.attribution import MAX_TAG_CHARS
+from proxy.metrics.openapi import factory_paths
 from proxy.requests import MAX_N, MAX_TOKENS_CAP
 
 _OPEN = ConfigDict(extra="allow")  # provider fields spendgate does not read pass through untouched
@@ -151,6 +152,29 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _dashboard_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
+    """The web page, its assets, and the two small reads it needs (any valid key)."""
+    html = {"description": "The dashboard page (it asks for a key; nothing it loads comes from another host)",
+            "content": {"text/html": {"schema": {"type": "string"}}}}
+    me = {"type": "object", "properties": {
+        **{k: {"type": ["string", "null"]} for k in ("key_name", "org", "role", "project", "agent")},
+        "currency": {"type": "string", "enum": ["USD", "EUR"]}, "fx_rate": {"type": ["number", "null"]}}}
+    errors = {s: _json(_ref("OpenAIError"), "Error") for s in ("401",)}
+    return {
+        "/dashboard": {"get": {"summary": "The spend dashboard (HTML)", "responses": {"200": html}}},
+        "/dashboard/assets/{name}": {"get": {
+            "summary": "A script, style sheet or icon of the dashboard",
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "The file"}, "404": {"description": "No such asset"}}}},
+        "/api/me": {"get": {"summary": "The presented key: name, org, role, pins, and the display currency",
+                            "security": security, "responses": {"200": _json(me, "Who the key is"), **errors}}},
+        "/api/prices": {"get": {
+            "summary": "Configured model routes and their prices in USD per 1M tokens (no api_base, no key)",
+            "security": security,
+            "responses": {"200": _json({"type": "object"}, "{models: [...], catalog_version}"), **errors}}},
+    }
+
+
 def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
     models = [ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ResponsesRequest, MessagesRequest,
               OpenAIError, AnthropicError, CallsPage, Call]
@@ -214,12 +238,15 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
     for probe in ("/healthz", "/readyz"):
         paths[probe] = {"get": {"summary": "Probe", "responses": {"200": _json({"type": "object"}, "OK"),
                                                                   "503": _json({"type": "object"}, "Not ready")}}}
+    paths.update(_dashboard_paths(security))
+    factory, factory_schemas = factory_paths()
+    paths.update(factory)
     return {
         "openapi": "3.1.0",
         "info": {"title": "spendgate", "version": version,
                  "description": "OpenAI- and Anthropic-compatible LLM proxy with inline metering"},
         "paths": paths,
-        "components": {"schemas": top.get("$defs", {}), "securitySchemes": {
+        "components": {"schemas": {**top.get("$defs", {}), **factory_schemas}, "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer"},
             "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}}},
     }
