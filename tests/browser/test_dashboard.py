@@ -1,12 +1,10 @@
 """The dashboard in a real browser: Debian's headless Chromium driven by Playwright (never a downloaded
 browser). The page loads with no console error, shows the KPI figures the API answers, lets an admin
 approve a held call (which then passes), hides admin controls from a viewer, keeps the key out of URLs and
-localStorage, and fits 1280 and 390 px wide screens. Screenshots go to tests/browser/screenshots/;
-with SPENDGATE_DOC_SCREENSHOT=1 the populated page is also saved as docs/img/dashboard.png."""
+localStorage, and fits 1280 and 390 px wide screens. Screenshots go to tests/browser/screenshots/."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -28,7 +26,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = Path(__file__).resolve().parent / "screenshots"
-DOC_SHOT = REPO / "docs" / "img" / "dashboard.png"
 LOAD_TIMEOUT_MS = 15_000
 
 
@@ -207,9 +204,6 @@ def test_layout_fits_1280_and_390_px_wide(factory: Any, open_page: Any) -> None:
         overflow = page.evaluate("document.scrollingElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{width}px {scheme}: the page is {overflow}px wider than the window"
         page.screenshot(path=str(SHOTS / f"dashboard-{width}-{scheme}.png"), full_page=True)
-        if width == 1280 and scheme == "light" and os.environ.get("SPENDGATE_DOC_SCREENSHOT") == "1":
-            DOC_SHOT.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(DOC_SHOT), full_page=True)
         assert view.problems == []
 
 
