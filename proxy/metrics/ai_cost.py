@@ -39,7 +39,7 @@ async def monthly_summary(store: Store, org: str, project: str, budgets: Sequenc
     async with store.engine.connect() as conn:
         agents = await totals_by(conn, org, ("agent",), start=start, end=end, project=project)
         runs = await costliest_runs(conn, org, start, project, TOP_RUNS)
-        pipelines = await _pipeline_events(conn, org, [r.run for r in runs])
+        pipelines = await pipeline_events(conn, org, [r.run for r in runs])
         limit, pct = await _budget(conn, org, project, budgets, now, orgless=orgless)
     whole = sum(agents.values(), Totals())
     return {
@@ -69,7 +69,7 @@ def _top_run(run: RunCost, event: dict[str, Any] | None) -> dict[str, Any]:
             "jobCount": run.calls, "totalTokens": run.input_tokens + run.output_tokens, "cost": usd(run.cost_nano)}
 
 
-async def _pipeline_events(conn: AsyncConnection, org: str, runs: Sequence[str]) -> dict[str, dict[str, Any]]:
+async def pipeline_events(conn: AsyncConnection, org: str, runs: Sequence[str]) -> dict[str, dict[str, Any]]:
     """The `pipeline.run` event of each run (the last received when several name it)."""
     if not runs:
         return {}

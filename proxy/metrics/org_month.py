@@ -9,16 +9,16 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from policies.budgets import Budget
+from proxy.metrics.ai_cost import pipeline_events
 from proxy.metrics.cost_totals import Totals, label, ratio_pct, totals_by, usd
 from proxy.metrics.month_budgets import month_spend, org_budget
 from proxy.metrics.months import midnight, month_label, month_start, shift_months
 from proxy.store.db import Store
-from proxy.store.models import factory_events, run_agents
+from proxy.store.models import run_agents
 from proxy.store.queries import iso_utc
 
 TOP_RUNS = 5
@@ -75,7 +75,7 @@ async def _top_runs(conn: AsyncConnection, org: str, since: datetime) -> list[di
     stmt = (select(ra.run, *(func.sum(ra[a]) for a in _RUN_AMOUNTS), func.min(ra.first_at))
             .where(ra.org == org, ra.run.in_(active)).group_by(ra.run).order_by(cost.desc(), ra.run).limit(TOP_RUNS))
     rows = (await conn.execute(stmt)).all()
-    events = await _pipeline_events(conn, org, [r[0] for r in rows])
+    events = await pipeline_events(conn, org, [r[0] for r in rows])
     runs = []
     for row in rows:
         run, cost_nano, tokens_in, tokens_out, calls, errors, first_at = tuple(row)
@@ -85,16 +85,3 @@ async def _top_runs(conn: AsyncConnection, org: str, since: datetime) -> list[di
                      "startedAt": iso_utc(event["ts"] if event else first_at), "jobCount": int(calls),
                      "totalTokens": int(tokens_in) + int(tokens_out), "cost": usd(int(cost_nano))})
     return runs
-
-
-async def _pipeline_events(conn: AsyncConnection, org: str, runs: Sequence[str]) -> dict[str, dict[str, Any]]:
-    if not runs:
-        return {}
-    fe = factory_events.c
-    stmt = (select(fe.run, fe.status, fe.ts, fe.payload)
-            .where(fe.org == org, fe.type == "pipeline.run", fe.run.in_(list(runs)))
-            .order_by(fe.received_at, fe.id))
-    found: dict[str, dict[str, Any]] = {}
-    for row in (await conn.execute(stmt)).all():
-        found[row.run] = {"status": row.status, "trigger": orjson.loads(row.payload).get("trigger"), "ts": row.ts}
-    return found
