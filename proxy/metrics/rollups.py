@@ -1,6 +1,7 @@
 """Rollups at ingest: what one call or event adds to the hourly / daily metric buckets, the (org, issue, day)
 and the (org, run, agent) rollups, upserted additively in the transaction that stores the raw row, and
-`rebuild`, which recomputes all three from the raw rows with the very same accumulator.
+`rebuild`, which recomputes all three from the raw rows with the very same accumulator (and the station
+visits with the very same pairing, proxy/metrics/visits.py).
 
 Contract: `Rollup.add_call` / `add_event` take rows exactly as stored (column dicts); `upsert(conn)` adds the
 accumulated amounts with one statement per table, keys sorted (concurrent writers lock rows in one order, so
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from proxy.metrics.visits import rebuild_visits
 from proxy.store.models import factory_events, issue_days, metric_buckets, run_agents, sqlite_value, usage
 
 GRAINS = ("hour", "day")
@@ -168,14 +170,17 @@ def _upsert_sql(table: str, keys: tuple[str, ...], amounts: tuple[str, ...], dia
 
 
 async def rebuild(store: Store, org: str | None = None) -> dict[str, int]:
-    """Recompute buckets and rollups of `org` (None: every org) from `usage` and `factory_events`, in one
-    transaction that locks the rollup tables first: ingest running meanwhile waits, then adds on top."""
+    """Recompute buckets, rollups and station visits of `org` (None: every org) from `usage` and
+    `factory_events`, in one transaction that locks the rollup tables first: ingest running meanwhile waits,
+    then adds on top (and recomputes its issues' visits from every stored event)."""
     started = time.monotonic()
     rollup = Rollup()
     counts = {"calls": 0, "events": 0}
     async with store.engine.begin() as conn:
-        if store.dialect == "postgresql":
-            await conn.execute(text("LOCK TABLE metric_buckets, issue_days, run_agents IN EXCLUSIVE MODE"))
+        if store.dialect == "postgresql":  # station_visits first: ingest writes it before the others
+            await conn.execute(text("LOCK TABLE station_visits, metric_buckets, issue_days, run_agents "
+                                    "IN EXCLUSIVE MODE"))
+        visit_rows = await rebuild_visits(conn, org)
         for table in (metric_buckets, issue_days, run_agents):
             wipe = delete(table)
             await conn.execute(wipe if org is None else wipe.where(table.c.org == org))
@@ -192,4 +197,4 @@ async def rebuild(store: Store, org: str | None = None) -> dict[str, int]:
                 counts[name] += len(part)
         await rollup.upsert(conn)
     return {**counts, "buckets": len(rollup.buckets), "issueDays": len(rollup.issues), "runAgents": len(rollup.runs),
-            "durationMs": int((time.monotonic() - started) * 1000)}
+            "stationVisits": visit_rows, "durationMs": int((time.monotonic() - started) * 1000)}

@@ -358,7 +358,37 @@ class RunAgentRow(Base):
     __table_args__ = (Index("ix_run_agents_org_last_at", "org", "last_at"),)
 
 
+class StationVisitRow(Base):
+    """Rollup of the station events: one row per `station.completed` of an (org, issue, station), paired
+    with the latest `station.entered` at or before it, plus one open row (completed_at NULL) when the latest
+    entry has no completion at or after it. Recomputed per issue at ingest, in the events' transaction
+    (proxy/metrics/visits.py), so the station and phase metrics read a window's visits and the open ones
+    instead of every station event ever posted."""
+
+    __tablename__ = "station_visits"
+
+    org: Mapped[str] = mapped_column(String, primary_key=True)
+    issue: Mapped[str] = mapped_column(String, primary_key=True)
+    station: Mapped[str] = mapped_column(String, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)  # time order within (issue, station)
+    entered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # NULL: a completion with no entry
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # NULL: open
+    outcome: Mapped[str | None] = mapped_column(String)  # passed | rework; NULL when open
+    stay_us: Mapped[int | None] = mapped_column(BigInteger)  # completed_at - entered_at, when both are known
+    reworks_before: Mapped[int] = mapped_column(Integer, nullable=False, default=0)  # rework outcomes before it
+    prev_completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the previous completion here
+    prev_passed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the previous outcome=passed here
+    issue_done: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)  # open, issue completed since
+
+    __table_args__ = (
+        Index("ix_station_visits_org_completed_at", "org", "completed_at"),
+        Index("ix_station_visits_open", "org", "entered_at", sqlite_where=text("completed_at IS NULL"),
+              postgresql_where=text("completed_at IS NULL")),
+    )
+
+
 factory_events: Table = FactoryEventRow.__table__  # type: ignore[assignment]
 metric_buckets: Table = MetricBucketRow.__table__  # type: ignore[assignment]
 issue_days: Table = IssueDayRow.__table__  # type: ignore[assignment]
 run_agents: Table = RunAgentRow.__table__  # type: ignore[assignment]
+station_visits: Table = StationVisitRow.__table__  # type: ignore[assignment]

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from proxy.store.config import StoreConfig
 from proxy.store.db import Store
-from proxy.store.models import issue_days, metric_buckets, run_agents
+from proxy.store.models import issue_days, metric_buckets, run_agents, station_visits
 from proxy.store.records import CallRecord
 from tests.error_shapes import assert_seed_error
 from tests.harness import ADMIN, AGENT, OTHER, ROOT, VIEWER, Proxy, expected_nano, make_settings
@@ -50,6 +50,36 @@ def sessions(n: int, *, org_days: int = 3) -> list[dict[str, Any]]:
                        "kind": "test_run", "durationMs": 90_000 * (i + 1),
                        **({"costUsd": 0.01} if i % 2 else {})})
     return events
+
+
+def station_moves() -> list[dict[str, Any]]:
+    """Issues I-0..I-3 through development and qa: a rework and re-entry on even issues, I-3 left in qa."""
+    events: list[dict[str, Any]] = []
+    for i in range(4):
+        for s, station in enumerate(("development", "qa")):
+            t = NOW - timedelta(hours=10 * i + 3 * s + 5)
+            base = {"issue": f"I-{i}", "station": station}
+            events.append({"id": f"m-{i}-{s}-in", "type": "station.entered", "ts": iso(t), **base})
+            if i % 2 == 0:
+                events += [{"id": f"m-{i}-{s}-rw", "type": "station.completed", "ts": iso(t + timedelta(hours=1)),
+                            "outcome": "rework", **base},
+                           {"id": f"m-{i}-{s}-in2", "type": "station.entered",
+                            "ts": iso(t + timedelta(minutes=90)), **base}]
+            if (i, station) != (3, "qa"):
+                events.append({"id": f"m-{i}-{s}-ok", "type": "station.completed", "ts": iso(t + timedelta(hours=2)),
+                               "outcome": "passed", **base})
+    return events
+
+
+def expected_visits(events: list[dict[str, Any]]) -> int:
+    """One visit per completion, plus one per (issue, station) whose latest entry no completion follows."""
+    open_ = 0
+    for key in {(e["issue"], e["station"]) for e in events}:
+        at = [(datetime.fromisoformat(e["ts"]), e["type"]) for e in events if (e["issue"], e["station"]) == key]
+        entered = [ts for ts, kind in at if kind == "station.entered"]
+        done = [ts for ts, kind in at if kind == "station.completed"]
+        open_ += bool(entered) and (not done or max(entered) > max(done))
+    return sum(e["type"] == "station.completed" for e in events) + open_
 
 
 def expected_event_cost(event: dict[str, Any]) -> tuple[int, int]:
@@ -177,6 +207,13 @@ def test_rollups_at_ingest_match_the_raw_rows_and_a_rebuild_gives_them_back(any_
     assert post(proxy, {"events": events}).json() == {"accepted": 24, "duplicates": 0}
     records = _calls(40)
     asyncio.run(_insert(proxy.settings.store.url, records))
+    # Station events newest first (completions before their entries), in overlapping batches (duplicates).
+    moves = station_moves()[::-1]
+    for key in (ADMIN, OTHER):
+        for i in range(0, len(moves), 5):
+            assert post(proxy, {"events": moves[max(0, i - 2): i + 5]}, key=key).status_code == 200
+    visit_rows = table(proxy, station_visits)
+    assert sum(v["org"] == "acme" for v in visit_rows) == expected_visits(moves) == 12
 
     # Independent sums, per org and day, from what was posted and inserted.
     want: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])  # cost, compute, calls, err, unpriced
@@ -228,15 +265,17 @@ def test_rollups_at_ingest_match_the_raw_rows_and_a_rebuild_gives_them_back(any_
     run_got = {(r["run"], r["agent"]): r["cost_nano"] for r in table(proxy, run_agents) if r["org"] == "acme"}
     assert run_got == dict(run_want)
 
-    snapshot = {t.name: table(proxy, t) for t in (metric_buckets, issue_days, run_agents)}
+    rolled = (metric_buckets, issue_days, run_agents, station_visits)
+    snapshot = {t.name: table(proxy, t) for t in rolled}
     with proxy.client() as c:  # acme's admin rebuilds acme only; globex's rows are left as they were
         r = c.post("/api/factory/aggregate")
     assert r.status_code == 200, r.text
     assert r.json()["rebuilt"]["calls"] == sum(1 for rec in records if rec.org == "acme")
-    assert {t.name: table(proxy, t) for t in (metric_buckets, issue_days, run_agents)} == snapshot
+    assert r.json()["rebuilt"]["stationVisits"] == 12
+    assert {t.name: table(proxy, t) for t in rolled} == snapshot
     with proxy.client(ROOT) as c:  # every org
         assert c.post("/api/factory/aggregate").status_code == 200
-    assert {t.name: table(proxy, t) for t in (metric_buckets, issue_days, run_agents)} == snapshot
+    assert {t.name: table(proxy, t) for t in rolled} == snapshot
 
 
 def test_a_proxied_call_lands_in_the_buckets(any_store_proxy: Proxy) -> None:

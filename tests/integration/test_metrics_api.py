@@ -629,6 +629,28 @@ def test_defaults_errors_and_roles(proxy: Proxy) -> None:
         assert_seed_error(c.get("/api/factory/metrics", headers={"authorization": ""}), 401, "UNAUTHORIZED")
 
 
+def test_station_figures_do_not_depend_on_arrival_order(any_store_proxy: Proxy) -> None:
+    """The station and phase figures come from visits paired at ingest: events posted newest first (each
+    completion before its entry), in overlapping batches (duplicates), give the reference's figures, and so
+    does a rebuild of the visits afterwards."""
+    proxy = any_store_proxy
+    events = [wire(e, i) for i, e in enumerate(acme_events())][::-1]
+    with proxy.client(ADMIN) as c:
+        for i in range(0, len(events), 7):
+            batch = events[max(0, i - 3): i + 7]
+            r = c.post("/api/factory/events", json={"events": batch})
+            assert r.status_code == 200 and r.json()["duplicates"] == min(i, 3), r.text
+    asyncio.run(_insert(proxy.settings.store.url, [c for c in all_calls() if c.org == "acme"]))
+    for rebuilt in (False, True):
+        if rebuilt:
+            with proxy.client(ADMIN) as c:
+                assert c.post("/api/factory/aggregate").status_code == 200
+        for time_range, days in RANGES.items():
+            for metric_type in ("station", "phase", "aggregate"):
+                same(metrics(proxy, metric_type, time_range), acme(days).payload(metric_type),
+                     f"{metric_type}/{time_range} rebuilt={rebuilt}")
+
+
 def test_an_org_without_data_gets_zeros_and_empty_lists(any_store_proxy: Proxy) -> None:
     empty: dict[str, Any] = {
         "aggregate": {"totalIssues": 0, "totalCost": 0.0, "avgCycleTimeMs": 0, "avgYield": 0.0,

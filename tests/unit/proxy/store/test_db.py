@@ -32,7 +32,7 @@ async def test_open_creates_schema_with_version_table_and_indexes(store: Store) 
     assert {"usage", "alembic_version"} <= tables
     assert {"ix_usage_org_started_at", "ix_usage_org_run", "ix_usage_org_issue"} <= indexes
     assert {"ix_usage_org_agent", "ix_usage_org_station"} <= indexes
-    assert revision == "0004_events_cover"
+    assert revision == "0005_station_visits"
     assert await store.ping()
 
 
