@@ -204,7 +204,10 @@ def probes(issue: str) -> list[Probe]:
             Probe("/api/ai-cost/monthly-trend", (("projectId", PROJECT),)),
             Probe("/api/ai-cost/cross-project-summary"),
             Probe("/api/ai-cost/recent-transactions", (("projectId", PROJECT),)),
-            Probe("/api/calls", (("limit", "50"),)), Probe("/api/budgets")]
+            Probe("/api/calls", (("limit", "50"),)), Probe("/api/budgets"),
+            # What the dashboard reads besides the above.
+            Probe("/api/factory/daily-spend", (("days", "90"),)), Probe("/api/ai-cost/org-summary"),
+            Probe("/api/factory/events", (("limit", "100"),))]
     # Other callers: the org-"*" admin over every org and naming acme; the viewer.
     out += [Probe("/api/factory/metrics", (("metricType", "aggregate"), ("timeRange", "90d")), "root"),
             Probe("/api/factory/metrics", (("metricType", "station"), ("timeRange", "90d")), "root"),
