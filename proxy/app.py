@@ -21,9 +21,22 @@ from proxy.approvals import ApprovalDesk
 from proxy.auth import KeyRing
 from proxy.budgeting import Alerts, build_engine, open_ledger, rebuild_counters
 from proxy.errors import MethodNotAllowed, NotFound, ProxyError, error_response, family_for_path
+from proxy.prometheus import Metrics, watch_services
 from proxy.ratelimit import RateLimiter
 from proxy.reload import watch
-from proxy.routes import anthropic, api, budgets, costs, dashboard, events, health, issues, metrics, openai
+from proxy.routes import (
+    anthropic,
+    api,
+    budgets,
+    costs,
+    dashboard,
+    events,
+    health,
+    issues,
+    metrics,
+    openai,
+    prom,
+)
 from proxy.routes import approvals as approval_routes
 from proxy.routing import Router, check_prices
 from proxy.services import Services
@@ -99,7 +112,7 @@ async def _services(settings: Settings, catalog: Catalog) -> AsyncIterator[Servi
         engine.extra_limits = approvals.extra_limits
         if engine.budgets:
             await rebuild_counters(ledger, engine.budgets, store, settings.ledger.on_unavailable)
-        yield Services(
+        services = Services(
             settings=settings, keys=KeyRing(settings.keys),
             router=Router(settings.models, catalog, allow_unpriced=settings.pricing.unpriced == "allow"),
             catalog=catalog, counter=counter, store=store, writer=writer,
@@ -108,7 +121,10 @@ async def _services(settings: Settings, catalog: Catalog) -> AsyncIterator[Servi
             mock=MockUpstream(counter), translated=TranslatedUpstream(), engine=engine,
             approvals=approvals, alerts=Alerts(store, dispatcher),
             limiter=RateLimiter(server.metrics_rate_limit_per_minute),
+            metrics=Metrics(), journal=journal,  # a registry per app: apps in one process never share series
         )
+        watch_services(services)
+        yield services
 
 
 def create_app(settings: Settings, *, catalog: Catalog | None = None, config_path: Path | None = None) -> Starlette:
@@ -133,7 +149,7 @@ def create_app(settings: Settings, *, catalog: Catalog | None = None, config_pat
 
     app = Starlette(routes=[*openai.routes, *anthropic.routes, *api.routes, *approval_routes.routes,
                             *budgets.routes, *events.routes, *metrics.routes, *issues.routes,
-                            *costs.routes, *dashboard.routes, *health.routes], lifespan=lifespan,
+                            *costs.routes, *dashboard.routes, *health.routes, *prom.routes], lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _unexpected})
     return app
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 from dataclasses import dataclass, field, replace
@@ -106,9 +107,14 @@ class Call:
     async def record(self, row: CallRecord, *, final: bool = True) -> None:
         """Journal the row, then (for the call's last attempt) settle its reservation to the row's cost:
         0 for a call that failed, the prompt and what was generated for one cut short."""
+        self.services.metrics.call(row, self.deployment)
         # Shielded: a cancelled request task must still get its row into the journal and its spend booked.
+        # The write runs outside this call's context: the journal may start its long-lived group-commit task
+        # from it, and that task's log lines must not carry this call's request id.
+        write = asyncio.get_running_loop().create_task(self.services.writer.record(row),
+                                                       context=contextvars.Context())
         try:
-            await asyncio.shield(self.services.writer.record(row))
+            await asyncio.shield(write)
         except JournalError as exc:
             # The row is still queued for SQL; only its crash-safety is lost. The call itself succeeded.
             log.error("journal append failed", extra={"request_id": row.request_id, "error": str(exc)})

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
+from time import perf_counter
 
 from policies.budgets import Counter, call_tags
-from policies.decisions import Allowed, Denied, Held
+from policies.decisions import Allowed, Decision, Denied, Held
+from policies.engine import Admission, HoldRequest
 from policies.errors import LedgerUnavailable
 from proxy.admission import ApprovalDenied, ApprovalRequired, refusal, worst_case
 from proxy.call import Call
@@ -35,42 +37,55 @@ async def gate(call: Call, raw: bytes, chain: tuple[Deployment, ...], approval_i
     async def hold(counter: Counter, worst_nano: int) -> str:
         return await services.approvals.hold(counter, worst_nano, org=who.org, requested_by=who.key)
 
+    async def admit(on_hold: HoldRequest | None = None) -> tuple[Decision, Admission | None]:
+        started = perf_counter()
+        try:
+            return await services.engine.admit(tags, worst.nano, call.request_id, worst.clamp, on_hold=on_hold)
+        finally:
+            services.metrics.ledger("admit", perf_counter() - started)
+
     try:
-        decision, call.admission = await services.engine.admit(tags, worst.nano, call.request_id, worst.clamp)
+        decision, call.admission = await admit()
         if isinstance(decision, Denied):
             # Refused on the byte bound: count the prompt (off the loop) where the model's tokenizer is known,
             # and ask again with the tighter worst case; an `approve` budget now opens or joins its approval.
             exact = await asyncio.to_thread(worst_case, services.counter, call.endpoint, body, raw, chain,
                                             exact=True)
             worst = replace(worst, nano=min(worst.nano, exact.nano), clamp=exact.clamp or worst.clamp)
-            decision, call.admission = await services.engine.admit(tags, worst.nano, call.request_id,
-                                                                   worst.clamp, on_hold=hold)
+            decision, call.admission = await admit(hold)
         if isinstance(decision, Held) and services.approvals.wait_seconds > 0:
             # Held until an admin decides (or the wait ends); approved: admission runs again, with the grant.
             status = await services.approvals.wait(decision.approval_id)
             if status in ("denied", "expired"):
+                services.metrics.decision(decision.counter.budget.name, "denied")
                 raise _denied(decision.approval_id, status)
             if status == "approved":
-                decision, call.admission = await services.engine.admit(
-                    tags, worst.nano, call.request_id, worst.clamp, on_hold=hold)
+                services.metrics.decision(decision.counter.budget.name, "held")
+                decision, call.admission = await admit(hold)
     except LedgerUnavailable:
         if services.settings.ledger.on_unavailable != "allow":
             raise ServiceUnavailable("the budget ledger is unreachable, so no call can be admitted "
                                      "(ledger.on_unavailable: block)") from None
         log.error("ledger unavailable: call passes unenforced", extra={"request_id": call.request_id})
         call.enforcement = "bypassed"
+        for counter in services.engine.counters(tags):
+            if counter.budget.enforced:
+                services.metrics.decision(counter.budget.name, "bypassed")
         return changed
     match decision:
         case Denied():
+            services.metrics.decision(decision.counter.budget.name, "denied")
             await services.alerts.exceeded(decision.counter, decision.spent_nano)
             raise refusal(decision)
         case Held():
+            services.metrics.decision(decision.counter.budget.name, "held")
             await services.alerts.exceeded(decision.counter, None)
             raise ApprovalRequired(
                 f"budget {decision.counter.budget.name!r} needs an admin's approval for more spend; retry "
                 f"with header X-Spendgate-Approval: {decision.approval_id} once approved",
                 extra={"approval_id": decision.approval_id})
         case Allowed():
+            _count_allowed(services, call.admission, decision)
             if decision.clamp_to is not None and worst.max_field:
                 body[worst.max_field] = decision.clamp_to
                 call.headers_out["x-spendgate-max-tokens-clamped"] = str(decision.clamp_to)
@@ -80,6 +95,21 @@ async def gate(call: Call, raw: bytes, chain: tuple[Deployment, ...], approval_i
                 for warning in decision.warnings:
                     await services.alerts.exceeded(warning.counter, None)
     return changed
+
+
+def _count_allowed(services: Services, admission: Admission | None, decision: Allowed) -> None:
+    """One decision per enforced budget the call matched: warned (a soft budget past its limit), clamped
+    (a blocking budget that clamps max tokens, when the call was clamped), else allowed."""
+    if admission is None:
+        return
+    warned = {w.counter.key for w in decision.warnings} if decision.warnings else ()
+    for counter in admission.hard:
+        budget = counter.budget
+        clamped = decision.clamp_to is not None and budget.clamp_max_tokens
+        services.metrics.decision(budget.name, "clamped" if clamped else "allowed")
+    for counter in admission.soft:
+        if counter.budget.enforced:  # shadow budgets only count, they decide nothing
+            services.metrics.decision(counter.budget.name, "warned" if counter.key in warned else "allowed")
 
 
 async def _check_approval(services: Services, approval_id: str, org: str) -> None:

@@ -6,6 +6,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterable
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 import orjson
@@ -13,6 +14,9 @@ import orjson
 _STANDARD = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName", "color_message"}
 # Mapping keys whose values are credentials whatever they look like (a headers dict logged as an extra field).
 _SECRET_FIELD = re.compile(r"(?i)^(authorization|proxy-authorization|x-api-key|api[-_]?key|secret|password|token)$")
+# The request id of the proxied call the current task is serving (set by proxy.relay and proxy.streaming):
+# every line logged meanwhile carries it, whichever module logs it. Per task, so concurrent calls never mix.
+REQUEST_ID: ContextVar[str | None] = ContextVar("spendgate_request_id", default=None)
 _BEARER = re.compile(r"(?i)(bearer\s+|x-api-key[\"':=\s]+|api[-_]key[\"':=\s]+)([A-Za-z0-9._\-]{8,})")
 
 
@@ -71,6 +75,10 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():  # extra fields; they never replace the four above
             if key not in _STANDARD and not key.startswith("_"):
                 entry.setdefault(key, value)
+        if "request_id" not in entry:
+            request_id = REQUEST_ID.get()
+            if request_id is not None:
+                entry["request_id"] = request_id
         if record.exc_text:
             entry["exc"] = record.exc_text
         return orjson.dumps(entry, default=str).decode()

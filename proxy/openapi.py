@@ -141,6 +141,9 @@ _PROXIED = [
     ("/v1/messages", MessagesRequest, "AnthropicError", "Anthropic Messages (JSON or SSE stream)"),
     ("/v1/messages/count_tokens", MessagesRequest, "AnthropicError", "Anthropic token count (free)"),
 ]
+# Before OpenAPI 3.2's itemSchema, the schema of text/event-stream describes one event, read as an object.
+_SSE_EVENT = {"type": "object", "properties": {"event": {"type": "string"}, "data": {"type": "string"},
+                                               "id": {"type": "string"}, "retry": {"type": "integer"}}}
 _ERROR_STATUSES = ("400", "401", "404", "413", "502", "504")
 
 
@@ -185,7 +188,7 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
     for path, request, error, summary in _PROXIED:
         responses = {"200": {"description": "The provider's answer, relayed (application/json or text/event-stream)",
                              "content": {"application/json": {"schema": {"type": "object"}},
-                                         "text/event-stream": {"schema": {"type": "string"}}}}}
+                                         "text/event-stream": {"schema": _SSE_EVENT}}}}
         responses.update({s: _json(_ref(error), "Error in the endpoint's wire format") for s in _ERROR_STATUSES})
         paths[path] = {"post": {"summary": summary, "security": security, "responses": responses,
                                 "requestBody": {"required": True, "content": {"application/json": {
@@ -238,6 +241,14 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
     for probe in ("/healthz", "/readyz"):
         paths[probe] = {"get": {"summary": "Probe", "responses": {"200": _json({"type": "object"}, "OK"),
                                                                   "503": _json({"type": "object"}, "Not ready")}}}
+    text = {"schema": {"type": "string"}}
+    paths["/metrics"] = {"get": {
+        "summary": 'Prometheus metrics (docs/observability.md): admin keys of org "*" only, or no key from a '
+                   "loopback or private address when server.metrics_public is on",
+        "security": security,
+        "responses": {"200": {"description": "Text exposition (OpenMetrics when the Accept header asks for it)",
+                              "content": {"text/plain": text, "application/openmetrics-text": text}},
+                      **{s: _json(_ref("OpenAIError"), "Error") for s in ("401", "403")}}}}
     paths.update(_dashboard_paths(security))
     factory, factory_schemas = factory_paths()
     paths.update(factory)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import UTC, datetime
+from time import perf_counter
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from policies.engine import Admission
 from pricing.money import format_usd
 from pricing.usage import Usage
 from proxy.admission import ApprovalDenied, ApprovalRequired, BudgetExceeded
@@ -17,11 +19,12 @@ from proxy.attribution import attribute
 from proxy.call import Call, new_request_id
 from proxy.errors import Family, Forbidden, ProxyError, ServiceUnavailable, error_response
 from proxy.gate import gate
+from proxy.logs import REQUEST_ID
 from proxy.metering import generated_text_from_json, usage_from_json
 from proxy.requests import check_body, forwarded_headers, parse_json_object, read_body
 from proxy.services import Services
 from proxy.streaming import MeteredStream
-from proxy.upstreams.base import ANTHROPIC_ENDPOINTS, Deployment, Endpoint, UpstreamRequest
+from proxy.upstreams.base import ANTHROPIC_ENDPOINTS, ENDPOINT_PATHS, Deployment, Endpoint, UpstreamRequest
 
 # Endpoints where a stream carries usage only when asked with stream_options.include_usage.
 _ASK_FOR_USAGE = frozenset({"chat", "completions"})
@@ -38,35 +41,61 @@ Reply = Response | MeteredStream  # what a proxied route answers: both are ASGI 
 async def handle(request: Request, endpoint: Endpoint) -> Reply:
     services: Services = request.app.state.services
     request_id = new_request_id()
+    # Every log line of this call carries its id (proxy/logs.py), the app's error handler's too: it stays set
+    # until the request's task ends.
+    REQUEST_ID.set(request_id)
+    started = perf_counter()
     family: Family = "anthropic" if endpoint in ANTHROPIC_ENDPOINTS else "openai"
     services.begin_call()
+    call: Call | None = None
+    status = 500  # an exception nobody expected: the app's handler answers 500
     handed_off = False
     try:
         headers = header_map(request)
         try:
-            call, chain = await _admit(services, request, headers, endpoint, request_id)
+            call, chain, raw, changed = await _begin(services, request, headers, endpoint, request_id)
+            await _admit(call, chain, raw, changed, headers)
         except ProxyError as err:
+            status = err.status
             return error_response(err, family, request_id)
         query = request.scope.get("query_string", b"").decode("latin-1")
         try:
-            response = await _forward(call, chain, query, headers, family)
+            call, response = await _forward(call, chain, query, headers, family)
         except Exception:
             # A failure no path above expected: give the reservation back now rather than at its expiry.
             if call.admission is not None:
                 with contextlib.suppress(Exception):  # the original failure is the one to report
-                    await asyncio.shield(services.engine.release(call.admission))
+                    await asyncio.shield(_release(services, call.admission))
             raise
         if isinstance(response, MeteredStream):
-            response.on_done = services.end_call  # the stream records its row after this returns
+            # The stream records its row, its metrics and the end of the call when it ends.
+            response.started, response.on_done = started, services.end_call
             handed_off = True
+        else:
+            status = response.status_code
         return response
+    except asyncio.CancelledError:
+        status = 499  # the client went away before an answer
+        raise
     finally:
         if not handed_off:
             services.end_call()
+            services.metrics.request(ENDPOINT_PATHS[endpoint], status, call.deployment if call else None,
+                                     perf_counter() - started)
 
 
-async def _admit(services: Services, request: Request, headers: dict[str, str], endpoint: Endpoint,
-                 request_id: str) -> tuple[Call, tuple[Deployment, ...]]:
+async def _release(services: Services, admission: Admission) -> None:
+    started = perf_counter()
+    try:
+        await services.engine.release(admission)
+    finally:
+        services.metrics.ledger("release", perf_counter() - started)
+
+
+async def _begin(services: Services, request: Request, headers: dict[str, str], endpoint: Endpoint,
+                 request_id: str) -> tuple[Call, tuple[Deployment, ...], bytes, bool]:
+    """Authenticate, read, attribute and route: the call, its fallback chain, its raw body, and whether the
+    body was changed already."""
     if services.draining:
         raise ServiceUnavailable("spendgate is shutting down; retry against another replica")
     started = datetime.now(UTC)
@@ -86,7 +115,13 @@ async def _admit(services: Services, request: Request, headers: dict[str, str], 
         body["stream_options"] = {**(options or {}), "include_usage": True}
         changed = True
     call = Call(services, endpoint, request_id, started, attribution, chain[0], body, stream, wants_usage)
-    if services.engine.budgets and endpoint != "count_tokens":  # counting tokens is free: no gate
+    return call, chain, raw, changed
+
+
+async def _admit(call: Call, chain: tuple[Deployment, ...], raw: bytes, changed: bool,
+                 headers: dict[str, str]) -> None:
+    """The budget gate (a refusal is recorded as a row, then raised), then the body as it goes upstream."""
+    if call.services.engine.budgets and call.endpoint != "count_tokens":  # counting tokens is free: no gate
         try:
             changed = await gate(call, raw, chain, headers.get("x-spendgate-approval")) or changed
         except (BudgetExceeded, ApprovalRequired, ApprovalDenied) as refused:
@@ -94,7 +129,6 @@ async def _admit(services: Services, request: Request, headers: dict[str, str], 
                                        error=refused.code))
             raise
     call.prepare(raw, changed)
-    return call, chain
 
 
 def _servable(services: Services, chain: tuple[Deployment, ...], endpoint: Endpoint) -> tuple[Deployment, ...]:
@@ -120,12 +154,14 @@ def _retryable(status: int) -> bool:
 
 
 async def _forward(call: Call, chain: tuple[Deployment, ...], query: str, headers: dict[str, str],
-                   family: Family) -> Reply:
-    """Try the chain in order; every failed attempt is its own row, and the next one records `retry_of`."""
+                   family: Family) -> tuple[Call, Reply]:
+    """Try the chain in order; every failed attempt is its own row, and the next one records `retry_of`.
+    Returns the last attempt and its answer."""
     forwarded = forwarded_headers(headers)
     for attempt, deployment in enumerate(chain):
         if attempt:
             call = call.retry_on(deployment)
+            REQUEST_ID.set(call.request_id)  # the log lines of this attempt carry its own id
         last = attempt == len(chain) - 1
         upstream = call.services.upstream_for(deployment, call.endpoint)
         upstream_request = UpstreamRequest(
@@ -140,7 +176,7 @@ async def _forward(call: Call, chain: tuple[Deployment, ...], query: str, header
                                        error=err.code), final=not retry)
             if retry:
                 continue
-            return error_response(err, family, call.request_id)
+            return call, error_response(err, family, call.request_id)
         except asyncio.CancelledError:
             await call.record(await call.cancelled_row("cancelled before the provider answered"))
             raise
@@ -151,8 +187,8 @@ async def _forward(call: Call, chain: tuple[Deployment, ...], query: str, header
         # A provider that answers a stream request with plain JSON (some ignore `stream`) is read whole.
         is_sse = resp.headers.get("content-type", "").startswith("text/event-stream")
         if resp.status >= 400 or not call.stream or not is_sse:
-            return await _finish_whole(call, resp, ours, family)
-        return MeteredStream(call, resp, ours)
+            return call, await _finish_whole(call, resp, ours, family)
+        return call, MeteredStream(call, resp, ours)
     raise AssertionError("unreachable: the chain is never empty")
 
 

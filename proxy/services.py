@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from time import perf_counter
 
 from policies.engine import Admission, Engine
 from policies.errors import LedgerUnavailable
@@ -14,10 +15,12 @@ from proxy.approvals import ApprovalDesk
 from proxy.auth import KeyRing
 from proxy.budgeting import Alerts
 from proxy.errors import InvalidRequest
+from proxy.prometheus import Metrics
 from proxy.ratelimit import RateLimiter
 from proxy.routing import Router
 from proxy.settings import Settings
 from proxy.store.db import Store
+from proxy.store.journal import Journal
 from proxy.store.writer import UsageWriter
 from proxy.upstreams.base import ANTHROPIC_ENDPOINTS, Deployment, Endpoint, Upstream
 from proxy.upstreams.http import HttpUpstream
@@ -46,6 +49,8 @@ class Services:
     approvals: ApprovalDesk
     alerts: Alerts
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(1000))  # metrics APIs, per key
+    metrics: Metrics = field(default_factory=Metrics)  # this app's Prometheus registry (GET /metrics)
+    journal: Journal | None = None  # the writer's journal, for its pending count
     draining: bool = False
     inflight: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -53,12 +58,15 @@ class Services:
     async def settle(self, admission: Admission, cost_nano: int) -> None:
         """Book a finished call's real cost on its budgets and raise the alerts it crossed. Never fails the
         call: an unreachable ledger is logged (the row is in the store, so counters can be rebuilt)."""
+        started = perf_counter()
         try:
             crossings = await self.engine.settle(admission, cost_nano)
         except LedgerUnavailable:
             log.error("ledger unavailable at settle; the call's spend is in the store, not in the counters",
                       extra={"reservation_id": admission.reservation_id})
             return
+        finally:
+            self.metrics.ledger("settle", perf_counter() - started)
         if crossings:
             await self.alerts.crossed(crossings)
 

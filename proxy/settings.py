@@ -48,6 +48,7 @@ class ServerConfig(BaseModel):
     upstream_read_timeout_s: float = Field(600.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     metrics_rate_limit_per_minute: int = Field(1000, ge=1)
+    metrics_public: bool = False  # GET /metrics without a key from loopback / private addresses
 
 
 class PricingConfig(BaseModel):

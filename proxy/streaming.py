@@ -17,6 +17,7 @@ from pricing.money import format_usd
 from proxy.errors import ProxyError, error_body
 from proxy.metering import StreamMeter
 from proxy.sse import comment
+from proxy.upstreams.base import ENDPOINT_PATHS
 
 if TYPE_CHECKING:
     from proxy.call import Call
@@ -37,6 +38,8 @@ class MeteredStream:
         self.client_gone = False
         self._row: Any = None
         self.on_done: Callable[[], None] | None = None
+        self.started = time.perf_counter()  # when the request arrived (set by the relay)
+        self._first_byte = False
         # A stream may outlive `reservation_ttl_s`: its reservation is renewed while it runs.
         self._renew_every = call.services.engine.reservation_ttl_s / 3
         self._renew_at = time.monotonic() + self._renew_every
@@ -75,6 +78,8 @@ class MeteredStream:
             finally:
                 if self.on_done is not None:
                     self.on_done()
+                self.call.services.metrics.request(ENDPOINT_PATHS[self.call.endpoint], 200, self.call.deployment,
+                                                   time.perf_counter() - self.started)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _relay(self, out: bytes, send: Send) -> None:
@@ -85,14 +90,21 @@ class MeteredStream:
         if self.meter.finished and self._row is None:
             out = await self._finish(out)
         await send({"type": "http.response.body", "body": out, "more_body": True})
+        if not self._first_byte:
+            self._first_byte = True
+            self.call.services.metrics.stream_started(ENDPOINT_PATHS[self.call.endpoint], self.call.deployment,
+                                                      time.perf_counter() - self.started)
 
     async def _renew(self) -> None:
         self._renew_at = time.monotonic() + self._renew_every
         assert self.call.admission is not None
+        started = time.perf_counter()
         try:
             await self.call.services.engine.renew(self.call.admission)
         except LedgerUnavailable:
             log.error("could not renew a live stream's reservation", extra={"request_id": self.call.request_id})
+        finally:
+            self.call.services.metrics.ledger("renew", time.perf_counter() - started)
 
     async def _watch_disconnect(self, receive: Receive) -> None:
         while True:
