@@ -20,6 +20,15 @@ _STEERING_KEYS = frozenset({
     "vertex_credentials", "vertex_project", "vertex_location", "azure_ad_token", "organization",
     "extra_headers", "headers", "mock_response",
 })
+# Of those, the ones that only ever name an upstream or a credential are refused at any depth too (inside
+# `metadata`, a message, `extra_body`, ...: a gateway behind us, or litellm, may honour them there). Not
+# looked into: JSON schemas and a tool call's own input, which are data the model reads, not options.
+_NESTED_STEERING = frozenset({
+    "api_base", "base_url", "api_key", "custom_llm_provider", "litellm_params", "user_config", "extra_headers",
+    "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "vertex_credentials", "azure_ad_token",
+})
+_SCHEMA_KEYS = frozenset({"parameters", "input_schema", "schema", "json_schema", "properties"})
+_CONTAINERS = (dict, list)
 _MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 MAX_TOKENS_CAP = 10_000_000
 MAX_N = 128
@@ -65,6 +74,10 @@ def check_body(endpoint: str, body: Mapping[str, Any]) -> None:
     if steering:
         raise InvalidRequest(f"`{steering[0]}` cannot be set by a client: upstreams and credentials come from "
                              "spendgate's config only", param=steering[0])
+    nested = _nested_steering(body)
+    if nested:
+        raise InvalidRequest(f"`{nested[1]}` (inside `{nested[0]}`) cannot be set by a client: upstreams and "
+                             "credentials come from spendgate's config only", param=nested[0])
     if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
         raise InvalidRequest("`stream` must be a boolean", param="stream")
     for key in ("metadata", "stream_options"):
@@ -85,6 +98,25 @@ def check_body(endpoint: str, body: Mapping[str, Any]) -> None:
             raise InvalidRequest("every item of `messages` must be an object", param="messages")
     if endpoint == "embeddings" and body.get("input") is None:
         raise InvalidRequest("`input` is required", param="input")
+
+
+def _nested_steering(body: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(top-level field, key) of the first upstream or credential key below the top level, if any.
+    Iterative, so a deeply nested body cannot exhaust the stack."""
+    stack: list[tuple[str, Any]] = [(k, v) for k, v in body.items() if isinstance(v, _CONTAINERS)]
+    while stack:
+        top, value = stack.pop()
+        if isinstance(value, list):
+            stack.extend([(top, v) for v in value if isinstance(v, _CONTAINERS)])
+            continue
+        if not _NESTED_STEERING.isdisjoint(value):
+            return top, next(k for k in value if k in _NESTED_STEERING)
+        kind = value.get("type")
+        tool_call = isinstance(kind, str) and kind.endswith("tool_use")
+        for key, item in value.items():
+            if isinstance(item, _CONTAINERS) and key not in _SCHEMA_KEYS and not (tool_call and key == "input"):
+                stack.append((top, item))
+    return None
 
 
 def _is_int(value: Any) -> bool:

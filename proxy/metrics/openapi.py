@@ -26,9 +26,9 @@ def _q(name: str, schema: dict[str, Any] | None = None, *, required: bool = Fals
     return {"name": name, "in": where, "required": required, "schema": schema or {"type": "string"}}
 
 
-def _get(summary: str, params: list[dict[str, Any]], answer: str) -> dict[str, Any]:
+def _get(summary: str, params: list[dict[str, Any]], answer: str, body: dict[str, Any] = _OBJ) -> dict[str, Any]:
     return {"get": {"summary": summary, "security": [{"bearer": []}, {"apiKey": []}], "parameters": params,
-                    "responses": {"200": _json(_OBJ, answer), **_errors()}}}
+                    "responses": {"200": _json(body, answer), **_errors()}}}
 
 
 def _errors() -> dict[str, Any]:
@@ -74,9 +74,11 @@ def factory_paths() -> tuple[dict[str, Any], dict[str, Any]]:
         "/api/v1/admin/metrics/cost-optimization": _get("Cost optimisation report (X-Org-ID for org-* admins)", [
             _q("X-Org-ID", where="header")], "{total_cost_today, total_cost_month, projected_monthly, ...}"),
         "/api/ai-cost/monthly-summary": _get("This month's spend of a project", [project], "{totalCost, ...}"),
-        "/api/ai-cost/monthly-trend": _get("The last 6 months of a project", [project], "[{month, cost, ...}]"),
+        "/api/ai-cost/monthly-trend": _get("The last 6 months of a project", [project], "[{month, cost, ...}]",
+                                             {"type": "array"}),
         "/api/ai-cost/cross-project-summary": _get("This month per project", [], "{projects: [...], ...}"),
-        "/api/ai-cost/recent-transactions": _get("A project's last 50 calls", [project], "[{id, cost, ...}]"),
+        "/api/ai-cost/recent-transactions": _get("A project's last 50 calls", [project], "[{id, cost, ...}]",
+                                                   {"type": "array"}),
         "/api/ai-cost/org-summary": _get(
             "This month of the whole org, as monthly-summary, plus its 6-month trend (X-Org-ID for org-* admins)",
             [_q("X-Org-ID", where="header")], "{totalCost, ..., budgetName, monthlyTrend: [...]}"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
@@ -43,12 +44,21 @@ def auth_headers(deployment: Deployment) -> dict[str, str]:
     return {"authorization": "Bearer " + key}
 
 
-class HttpResponse:
-    __slots__ = ("_resp", "_label", "status", "headers")
+def without_key(body: bytes, key: str) -> bytes:
+    """`body` less the deployment's key: quoted whole, or masked but for its first 12 characters."""
+    body = body.replace(key.encode(), b"[redacted]")
+    if len(key) >= 20:
+        body = re.sub(re.escape(key[:12].encode()) + rb"[^\s\"',;]*", b"[redacted]", body)
+    return body
 
-    def __init__(self, resp: aiohttp.ClientResponse, label: str) -> None:
+
+class HttpResponse:
+    __slots__ = ("_resp", "_label", "_key", "status", "headers")
+
+    def __init__(self, resp: aiohttp.ClientResponse, label: str, key: str | None = None) -> None:
         self._resp = resp
         self._label = label
+        self._key = key  # a provider's error may quote the key it was sent; that body is relayed to the client
         self.status = resp.status
         self.headers: Mapping[str, str] = {
             k.lower(): v for k, v in resp.headers.items()
@@ -57,7 +67,8 @@ class HttpResponse:
 
     async def read(self) -> bytes:
         try:
-            return await self._resp.read()
+            body = await self._resp.read()
+            return without_key(body, self._key) if self._key and self.status >= 400 else body
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamTimeout(f"{self._label} did not finish its response in time") from None
         except aiohttp.ClientError as exc:
@@ -125,7 +136,7 @@ class HttpUpstream:
             raise UpstreamError(f"could not reach {label} ({type(exc).__name__})") from None
         except asyncio.CancelledError:
             raise
-        return HttpResponse(resp, label)
+        return HttpResponse(resp, label, dep.api_key.get_secret_value() if dep.api_key else None)
 
     async def aclose(self) -> None:
         return None

@@ -81,7 +81,8 @@ class _Reply:
         self.model = str(body.get("model") or dep.upstream_model)
         self.id = f"mock-{mock._seq}"
         self.created = int(time.time())
-        self.prompt_tokens = mock._counter.count_request(request.endpoint, body, dep.upstream_model)
+        kind = "messages" if request.endpoint == "count_tokens" else request.endpoint  # same prompt shape
+        self.prompt_tokens = mock._counter.count_request(kind, body, dep.upstream_model)
         limit = next((body[k] for k in ("max_tokens", "max_completion_tokens", "max_output_tokens")
                       if isinstance(body.get(k), int) and body[k] > 0), None)
         n_words = min(dep.mock.output_tokens, limit) if limit else dep.mock.output_tokens

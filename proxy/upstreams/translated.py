@@ -15,6 +15,7 @@ import orjson
 
 from proxy.errors import InvalidRequest, UpstreamError, UpstreamTimeout
 from proxy.upstreams.base import UpstreamRequest
+from proxy.upstreams.http import without_key
 
 _SKIP = frozenset({"model", "messages", "stream", "input", "prompt"})
 
@@ -109,7 +110,7 @@ def _error_response(exc: Exception, secret: str | None) -> TranslatedResponse:
     if not isinstance(status, int) or not 400 <= status < 600:
         raise _map_failure(exc) from None
     message = str(getattr(exc, "message", exc))[:1000]
-    if secret:
-        message = message.replace(secret, "[redacted]")
+    if secret:  # the provider's answer may quote the key, whole or masked but for its start
+        message = without_key(message.encode(), secret).decode(errors="replace")
     body = {"error": {"message": message, "type": "upstream_error", "code": status, "param": None}}
     return TranslatedResponse(status, body=orjson.dumps(body))
