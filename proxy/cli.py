@@ -1,4 +1,4 @@
-"""The `spendgate` command: serve, check-config, hash-key, keys new, webhook test, demo."""
+"""The `spendgate` command: serve, check-config, hash-key, keys new, webhook test, demo, reconcile."""
 
 from __future__ import annotations
 
@@ -58,10 +58,9 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from proxy import logs
     from proxy.app import create_app
+    from proxy.server import serve
 
     path = _config_path(args.config)
     loaded = _load_or_report(path)
@@ -71,10 +70,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     secrets = [m.api_key.get_secret_value() for m in settings.models if m.api_key is not None]
     logs.configure(settings.server.log_level, secrets)
     app = create_app(settings, catalog=catalog, config_path=path)  # the catalog is built once
-    uvicorn.run(app, host=args.host or settings.server.host, port=args.port or settings.server.port,
-                log_config=None, access_log=False, server_header=False, timeout_graceful_shutdown=30,
-                h11_max_incomplete_event_size=settings.server.max_header_bytes)
-    return 0
+    # SIGTERM drains: new calls get 503 while those in flight finish and are recorded (proxy/server.py).
+    return serve(app, host=args.host or settings.server.host, port=args.port or settings.server.port,
+                 max_header_bytes=settings.server.max_header_bytes)
 
 
 def cmd_webhook_test(args: argparse.Namespace) -> int:
@@ -98,6 +96,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from proxy.demo.command import run
 
     return run(args, _config_path(args.config), sys.stdout, sys.stderr)
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from policies.errors import LedgerUnavailable
+    from proxy.reconcile import format_report, reconcile_settings
+
+    loaded = _load_or_report(_config_path(args.config))
+    if loaded is None:
+        return 1
+    settings, _ = loaded
+    try:
+        report = asyncio.run(reconcile_settings(settings, dry_run=args.dry_run, lag_s=args.lag_s))
+    except LedgerUnavailable as exc:  # its message never carries the URL's password
+        print(f"reconcile: {exc}", file=sys.stderr)
+        return 1
+    except (SQLAlchemyError, OSError) as exc:  # the driver's text may name the server: the class is enough
+        print(f"reconcile: the store {settings.store.redacted_url} is unreachable ({type(exc).__name__})",
+              file=sys.stderr)
+        return 1
+    print("\n".join(format_report(report)))
+    return report.exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(or --backfill Nd: write its history into the store)")
     add_demo_arguments(demo)
     demo.set_defaults(func=cmd_demo)
+    rec = sub.add_parser("reconcile", help="compare the Redis ledger's budget counters with the store and "
+                                           "repair the drift (safe to run from several replicas at once)")
+    rec.add_argument("--config")
+    rec.add_argument("--dry-run", action="store_true", help="report the drift, write nothing")
+    rec.add_argument("--lag-s", type=float,
+                     help="read a counter only once its last settle is this old, so every replica's writer has put "
+                          "the settled calls in SQL (default: 2, or 2 x store.flush_interval_ms + 1 s if longer)")
+    rec.set_defaults(func=cmd_reconcile)
     return parser
 
 

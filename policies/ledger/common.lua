@@ -1,5 +1,6 @@
 -- Shared prelude, prepended to every operation's script by redis.py (Lua scripts cannot include files).
--- Layout: counter hash C {spent, reserved, seed_version, h:<rid> = amount held}; its ZSET Z = C .. '~holds'
+-- Layout: counter hash C {spent, reserved, seed_version, ver (bumped by every write of spent), at (ms of the
+-- last settle), h:<rid> = amount held}; its ZSET Z = C .. '~holds'
 -- (reservation id -> expiry ms, server clock); reservation hash R {state, amount, expires, keys (JSON of C)}.
 -- Amounts travel as decimal strings and are added with HINCRBY (exact int64 on the server); Lua numbers
 -- (doubles) are only used to compare, exact below 2^53 nano-USD (about 9 million USD).

@@ -22,6 +22,7 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from policies.errors import InvalidCounters, LedgerUnavailable
+from policies.ledger.audit import CounterAudit, CounterRepair
 from policies.ledger.base import (
     DEFAULT_MARKER_TTL_S,
     CounterSpec,
@@ -31,7 +32,7 @@ from policies.ledger.base import (
     check_counters,
 )
 
-_OPERATIONS = ("reserve", "settle", "release", "renew", "states", "seed")
+_OPERATIONS = ("reserve", "settle", "release", "renew", "states", "seed", "inspect", "repair")
 # Cluster mode remembers which slot a reservation made here lives in, for release/renew given only an id.
 _MAX_LOCAL_TAGS = 100_000
 
@@ -157,6 +158,32 @@ class RedisLedger:
         check_amount("spent_nano", spent_nano)
         args: list[str | int] = [spent_nano, version, counter.ttl_s]
         return bool(int(await self._run("seed", self._keys([counter]), args)))
+
+    # -- reconciliation (`spendgate reconcile`; never on the hot path) --------------------------------
+
+    async def counter_keys(self, pattern: str) -> list[str]:
+        """Counter keys (without the prefix) matching the glob `pattern`, from every node (SCAN, never KEYS)."""
+        found: set[str] = set()
+        async with self._unavailable():
+            async for raw in self._client.scan_iter(match=self._prefix + pattern, count=1000):
+                key = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if not key.endswith("~holds"):
+                    found.add(key[len(self._prefix):])
+        return sorted(found)
+
+    async def audit(self, counters: Sequence[CounterSpec]) -> list[CounterAudit]:
+        """Each counter as stored (spent, reserved, version, live and stale holds); changes nothing."""
+        replies = await asyncio.gather(*(self._run("inspect", self._keys([spec]), []) for spec in counters))
+        return [CounterAudit.from_reply(spec.key, reply) for spec, reply in zip(counters, replies, strict=True)]
+
+    async def repair(self, counter: CounterSpec, expected_version: int, spent_nano: int | None) -> CounterRepair:
+        """Drop stale holds and set `reserved` to what the live holds hold; SET `spent` to `spent_nano` only if
+        the counter's version is still `expected_version` (compare-and-set, never an increment)."""
+        if spent_nano is not None:
+            check_amount("spent_nano", spent_nano)
+        args: list[str | int] = [expected_version, "" if spent_nano is None else spent_nano, counter.ttl_s]
+        reply = await self._run("repair", self._keys([counter]), args)
+        return CounterRepair.from_reply(counter.key, reply)
 
     async def ping(self) -> bool:
         """True if Redis answers; False (not an exception) when it does not: this is the health check."""

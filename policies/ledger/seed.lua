@@ -5,5 +5,6 @@ if redis.call('HGET', c, 'seed_version') == ARGV[2] then
   return 0
 end
 redis.call('HSET', c, 'spent', ARGV[1], 'seed_version', ARGV[2])
+redis.call('HINCRBY', c, 'ver', 1)
 touch(c, ARGV[3])
 return 1

@@ -24,6 +24,9 @@ if is_live(r, now) then
 end
 for i, c in ipairs(counters) do
   redis.call('HINCRBY', c, 'spent', actual)
+  -- ver: every write of spent bumps it (reconcile's compare-and-set); at: when spent last grew by a settle.
+  redis.call('HINCRBY', c, 'ver', 1)
+  redis.call('HSET', c, 'at', fmt(now))
   touch(c, ARGV[3 + i])
 end
 mark(r, 'settled', marker_ttl_ms)
