@@ -23,6 +23,7 @@ BENCH_KEY = "sg-bench-virtual-key"
 KEY_ENV = "BENCH_UPSTREAM_KEY"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SPENDGATE, BUDGETS_MEMORY, BUDGETS_REDIS = "spendgate", "spendgate+budgets (memory)", "spendgate+budgets (redis)"
+LITELLM = "litellm proxy"
 
 
 class StartError(RuntimeError):
@@ -46,6 +47,8 @@ class Server:
     log_path: Path
     health: str = "/healthz"  # "redis": answers PING instead of an HTTP GET
     env: dict[str, str] = field(default_factory=dict)
+    unset_env: tuple[str, ...] = ()  # inherited variables removed (e.g. LiteLLM's DATABASE_URL)
+    start_timeout: float = 30.0
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -57,8 +60,11 @@ class Server:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float | None = None) -> None:
+        timeout = timeout or self.start_timeout
         env = {**os.environ, **self.env, KEY_ENV: OPENAI_KEY, "PYTHONUNBUFFERED": "1"}
+        for name in self.unset_env:
+            env.pop(name, None)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)
@@ -153,9 +159,10 @@ budgets:
 """
 
 
-def spendgate_config(tmp: Path, port: int, upstream_port: int, ledger_url: str | None = None) -> Path:
+def spendgate_config(tmp: Path, port: int, upstream_port: int, ledger_url: str | None = None,
+                     budgets_yaml: str = BUDGETS_YAML) -> Path:
     """A config.yaml for spendgate: SQLite store in `tmp`, every fake-* model to the fake upstream; with a
-    `ledger_url`, also that ledger and the three bench budgets."""
+    `ledger_url`, also that ledger and the budgets (by default the three bench budgets)."""
     text = f"""\
 server: {{host: 127.0.0.1, port: {port}, log_level: warning}}
 store: {{url: "sqlite+aiosqlite:///{tmp / 'bench.db'}"}}
@@ -169,7 +176,7 @@ keys:
   - {{name: bench, key_sha256: {hash_key(BENCH_KEY)}, org: bench, role: admin}}
 """
     if ledger_url is not None:
-        text += f'ledger: {{url: "{ledger_url}"}}\n' + BUDGETS_YAML
+        text += f'ledger: {{url: "{ledger_url}"}}\n' + budgets_yaml
     path = tmp / "config.yaml"
     path.write_text(text)
     return path
@@ -188,10 +195,11 @@ def redis_server(tmp: Path) -> Server:
                   tmp / "redis.log", health="redis")
 
 
-def _spendgate(name: str, tmp: Path, upstream_port: int, ledger_url: str | None = None) -> Server:
+def _spendgate(name: str, tmp: Path, upstream_port: int, ledger_url: str | None = None,
+               budgets_yaml: str = BUDGETS_YAML) -> Server:
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    config = spendgate_config(tmp, port, upstream_port, ledger_url)
+    config = spendgate_config(tmp, port, upstream_port, ledger_url, budgets_yaml)
     spendgate_bin = str(Path(PYTHON).with_name("spendgate"))
     argv = [spendgate_bin, "serve", "--config", str(config)] if Path(spendgate_bin).exists() else \
         [PYTHON, "-m", "proxy.cli", "serve", "--config", str(config)]
@@ -217,3 +225,10 @@ def build_servers(tmp: Path) -> tuple[list[Server], list[Server]]:
     proxies.append(_spendgate(BUDGETS_MEMORY, tmp / "spendgate-memory", up_port, "memory://"))
     proxies.append(_spendgate(BUDGETS_REDIS, tmp / "spendgate-redis", up_port, f"redis://127.0.0.1:{redis.port}/0"))
     return [upstream, redis], proxies
+
+
+def capped_spendgate(name: str, tmp: Path, upstream_port: int, ledger_url: str, cap_usd: float) -> Server:
+    """A spendgate for the cap-overshoot run: one blocking org budget of `cap_usd` on `ledger_url`."""
+    budget = (f"budgets:\n  - {{name: cap, scope: {{org: bench}}, window: month, limit_usd: {cap_usd!r}, "
+              "on_exceed: block}\n")
+    return _spendgate(name, tmp, upstream_port, ledger_url, budget)

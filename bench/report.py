@@ -8,7 +8,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bench.procs import BUDGETS_MEMORY, BUDGETS_REDIS, SPENDGATE, machine_info
+from bench.procs import BUDGETS_MEMORY, BUDGETS_REDIS, LITELLM, SPENDGATE, machine_info
 
 REFERENCE, SUBJECT = "bare aiohttp", SPENDGATE
 
@@ -31,6 +31,25 @@ class Cell:
     rss_mb: float | None = None
     client_cpu_pct: float = 0.0
     aux_cpu_ms: float | None = None  # the redis-server behind the Redis ledger, for that target only
+
+
+@dataclass(frozen=True, slots=True)
+class Overshoot:
+    """One cap-overshoot run: `sent` concurrent calls against a proxy whose budget is `cap_usd`."""
+
+    target: str
+    budget: str  # what kind of budget enforced it
+    cap_usd: float
+    sent: int
+    ok: int  # answered 200, i.e. forwarded to (and billed by) the upstream
+    refused: int  # answered 402 / 429 (the budget said no)
+    other: int  # any other status or a transport error
+    cost_per_call: float
+    detail: str = ""
+
+    @property
+    def spend(self) -> float:
+        return self.ok * self.cost_per_call
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
@@ -80,7 +99,8 @@ def aggregate(cells: Sequence[Cell]) -> list[Row]:
             errors=sum(c.errors for c in cs), client_cpu_pct=statistics.median(c.client_cpu_pct for c in cs),
             aux_cpu_ms=statistics.median(aux) if aux else None,
         ))
-    order = {"direct": 0, "bare aiohttp": 1, "bare httpx": 2, SPENDGATE: 3, BUDGETS_MEMORY: 4, BUDGETS_REDIS: 5}
+    order = {"direct": 0, "bare aiohttp": 1, "bare httpx": 2, SPENDGATE: 3, BUDGETS_MEMORY: 4, BUDGETS_REDIS: 5,
+             LITELLM: 6}
     rows.sort(key=lambda r: (r.stream, r.concurrency, order.get(r.target, 9)))
     return rows
 
@@ -89,8 +109,66 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _geomean(values: Sequence[float]) -> float:
+    return math.exp(sum(math.log(x) for x in values) / len(values))
+
+
+def litellm_section(rows: Sequence[Row], target: float) -> list[str]:
+    """spendgate (each variant) against LiteLLM's proxy: CPU per call and LiteLLM / spendgate."""
+    by_key = {(r.scenario, r.concurrency, r.target): r for r in rows}
+    if not any(r.target == LITELLM for r in rows):
+        return []
+    subjects = [(SPENDGATE, "spendgate"), (BUDGETS_MEMORY, "budgets (memory)"), (BUDGETS_REDIS, "budgets (redis)")]
+    out = ["", f"## CPU per call: LiteLLM's proxy / spendgate (target: spendgate at least {target:g}x less)", "",
+           "| scenario | concurrency | LiteLLM CPU ms/req | LiteLLM p50 ms | LiteLLM TTFB p50 ms | LiteLLM peak RSS MB "
+           "| spendgate CPU ms/req | LiteLLM / spendgate | LiteLLM / budgets (memory) | LiteLLM / budgets (redis) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    ratios: dict[str, list[float]] = {name: [] for name, _ in subjects}
+    for r in rows:
+        if r.target != LITELLM or not r.cpu_ms:
+            continue
+        cols = []
+        for name, _ in subjects:
+            sub = by_key.get((r.scenario, r.concurrency, name))
+            if sub is None or not sub.cpu_ms:
+                cols.append("n/a")
+                continue
+            ratio = r.cpu_ms / sub.cpu_ms
+            ratios[name].append(ratio)
+            cols.append(f"{ratio:.1f}x {'PASS' if ratio >= target else 'FAIL'}")
+        sg = by_key.get((r.scenario, r.concurrency, SPENDGATE))
+        out.append(f"| {r.scenario} | {r.concurrency} | {r.cpu_ms:.3f} | {r.p50_ms:.2f} | "
+                   f"{_fmt(r.ttfb_ms) if r.stream else '-'} | {_fmt(r.rss_mb, 1)} | "
+                   f"{_fmt(sg.cpu_ms, 3) if sg else 'n/a'} | {' | '.join(cols)} |")
+    for name, label in subjects:
+        rs = ratios[name]
+        if rs:
+            overall = _geomean(rs)
+            out += ["", f"**LiteLLM / {label}, overall (geometric mean of {len(rs)} scenarios): {overall:.1f}x -> "
+                    f"{'PASS' if overall >= target else 'FAIL'}** (target >= {target:g}x)"]
+    return out
+
+
+def overshoot_section(runs: Sequence[Overshoot]) -> list[str]:
+    if not runs:
+        return []
+    out = ["", "## Cap overshoot: concurrent calls against a small cap (target: spend / cap <= 1.00)", "",
+           "| proxy | budget | cap USD | calls sent at once | answered 200 | refused | other | spend USD "
+           "| spend / cap | verdict |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for o in runs:
+        ratio = o.spend / o.cap_usd if o.cap_usd else 0.0
+        out.append(f"| {o.target} | {o.budget} | {o.cap_usd:.6f} | {o.sent} | {o.ok} | {o.refused} | {o.other} | "
+                   f"{o.spend:.6f} | {ratio:.2f} | {'PASS' if ratio <= 1.0 and not o.other else 'FAIL'} |")
+    out.append("")
+    out.append(f"Spend = calls answered 200 x ${runs[0].cost_per_call:.6f} (each call: 200 prompt + 50 output tokens "
+               "at gpt-4o-mini prices, the same in every proxy's config): what the upstream would bill.")
+    out += [f"- {o.target}: {o.detail}" for o in runs if o.detail]
+    return out
+
+
 def render(cells: Sequence[Cell], *, reps: int, target: float, target_redis: float,
-           notes: Sequence[str] = ()) -> tuple[str, int]:
+           notes: Sequence[str] = (), litellm_target: float = 5.0,
+           overshoot: Sequence[Overshoot] = ()) -> tuple[str, int]:
     """The whole report as Markdown, and the total count of failed requests."""
     rows = aggregate(cells)
     cores = os.cpu_count() or 0
@@ -145,6 +223,8 @@ def render(cells: Sequence[Cell], *, reps: int, target: float, target_redis: flo
             out += ["", f"**{label} / bare aiohttp, overall (geometric mean of {len(rs)} scenarios): "
                     f"{overall:.2f}x -> {'PASS' if overall <= limit else 'FAIL'}** (target <= {limit}x)"]
     out += ["", "redis-server CPU is its own process, beside (not counted in) the Redis variant's ratio."]
+    out += litellm_section(rows, litellm_target)
+    out += overshoot_section(overshoot)
     errors = sum(r.errors for r in rows)
     if errors:
         out += ["", f"## Errors: {errors} failed requests"]
