@@ -125,3 +125,12 @@ def _is_int(value: Any) -> bool:
 
 def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {name: headers[name] for name in FORWARDED_HEADERS if name in headers}
+
+
+def parse_limit(raw: str | None, *, default: int, maximum: int) -> int:
+    """A page size from the query string: `default` when absent, else an integer from 1 to `maximum` (400)."""
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise InvalidRequest(f"`limit` must be an integer from 1 to {maximum}", param="limit")
+    return int(raw)

@@ -46,21 +46,21 @@ async def monthly_summary(store: Store, org: str, project: str, budgets: Sequenc
         "totalCost": usd(whole.cost_nano),
         "totalTokens": whole.tokens,
         "totalJobs": whole.calls,
-        "agentBreakdown": [_agent(agent, t, whole) for (agent,), t in
+        "agentBreakdown": [agent_entry(agent, t, whole) for (agent,), t in
                            sorted(agents.items(), key=lambda kv: (-kv[1].cost_nano, kv[0]))],
-        "topRuns": [_top_run(r, pipelines.get(r.run)) for r in runs],
+        "topRuns": [top_run(r, pipelines.get(r.run)) for r in runs],
         "budgetLimit": limit,
         "budgetPct": pct,
     }
 
 
-def _agent(agent: str, t: Totals, whole: Totals) -> dict[str, Any]:
+def agent_entry(agent: str, t: Totals, whole: Totals) -> dict[str, Any]:
     return {"agentType": label(agent), "totalJobs": t.calls, "cost": usd(t.cost_nano),
             "pctOfTotal": ratio_pct(t.cost_nano, whole.cost_nano) or 0.0, "inputTokens": t.input_tokens,
             "outputTokens": t.output_tokens, "successRate": ratio_pct(t.calls - t.errors, t.calls)}
 
 
-def _top_run(run: RunCost, event: dict[str, Any] | None) -> dict[str, Any]:
+def top_run(run: RunCost, event: dict[str, Any] | None) -> dict[str, Any]:
     if event is None:
         status, trigger, started = ("failed" if run.errors else "completed"), None, run.first_at
     else:

@@ -14,6 +14,7 @@ import orjson
 
 from proxy.errors import InvalidRequest, SeedError
 from proxy.metrics.timerange import TimeRange
+from proxy.requests import parse_limit as parse_limit_of
 
 MAX_SPAN_DAYS = 366  # a from/to window longer than a year is refused (the list stays a bounded scan)
 DEFAULT_LIMIT = 50
@@ -98,11 +99,7 @@ class Sort:
 
 
 def parse_limit(raw: str | None) -> int:
-    if raw is None:
-        return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise InvalidRequest(f"`limit` must be an integer from 1 to {MAX_LIMIT}", param="limit")
-    return int(raw)
+    return parse_limit_of(raw, default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
 
 
 @dataclass(frozen=True, slots=True)

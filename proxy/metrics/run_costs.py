@@ -61,15 +61,18 @@ async def recent_runs(conn: AsyncConnection, org: str, since: datetime, limit: i
     return [runs[run] for run in ids]
 
 
-async def costliest_runs(conn: AsyncConnection, org: str, since: datetime, project: str,
+async def costliest_runs(conn: AsyncConnection, org: str, since: datetime, project: str | None,
                          limit: int) -> list[RunCost]:
     """The `limit` costliest runs active since `since` that have rows of `project`, summed over those rows
-    (a run shared by projects shows each its own part), costliest first, ties by run id."""
+    (a run shared by projects shows each its own part; `project=None`: whole runs), costliest first, ties by
+    run id."""
     ra = run_agents.c
     cost = func.sum(ra.cost_nano)
     stmt = (select(ra.run, *(func.sum(ra[a]) for a in _AMOUNTS), func.min(ra.first_at), func.max(ra.last_at))
-            .where(ra.org == org, ra.project == project, ra.run.in_(_active(org, since)))
-            .group_by(ra.run).order_by(cost.desc(), ra.run).limit(limit))
+            .where(ra.org == org, ra.run.in_(_active(org, since))))
+    if project is not None:
+        stmt = stmt.where(ra.project == project)
+    stmt = stmt.group_by(ra.run).order_by(cost.desc(), ra.run).limit(limit)
     rows = (await conn.execute(stmt)).all()
     return [RunCost(r[0], int(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6]), r[7], r[8])
             for r in rows]

@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from proxy.auth import Principal
 from proxy.errors import InvalidRequest, NotFound, ProxyError, error_response
+from proxy.requests import parse_limit
 from proxy.services import Services
 from proxy.store.queries import CallFilter, InvalidCursor, get_call, list_calls
 
@@ -40,11 +41,7 @@ def pins_of(principal: Principal) -> dict[str, str]:
 
 
 def _limit(raw: str | None) -> int:
-    if raw is None:
-        return 50
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise InvalidRequest("`limit` must be an integer from 1 to 1000", param="limit")
-    return int(raw)
+    return parse_limit(raw, default=50, maximum=1000)
 
 
 async def calls(request: Request) -> Response:

@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from proxy.approvals import ApprovalDesk
 from proxy.errors import InvalidRequest, NotFound, ProxyError, error_response
+from proxy.requests import parse_limit
 from proxy.routes.api import caller, json_response, org_scope
 from proxy.store.approvals import STATUSES
 
@@ -27,11 +28,7 @@ def _desk(request: Request) -> ApprovalDesk:
 
 
 def _limit(raw: str | None) -> int:
-    if raw is None:
-        return 50
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise InvalidRequest("`limit` must be an integer from 1 to 1000", param="limit")
-    return int(raw)
+    return parse_limit(raw, default=50, maximum=1000)
 
 
 def _status(raw: str | None) -> str | None:

@@ -17,7 +17,7 @@ from proxy.metrics.eventlist import FILTERS, EventFilter, list_events
 from proxy.metrics.events import FactoryEvent, parse_events
 from proxy.metrics.ingest import ingest_events
 from proxy.metrics.rollups import rebuild
-from proxy.requests import read_body
+from proxy.requests import parse_limit, read_body
 from proxy.routes.seed import ADMIN_ROLES, READ_ROLES, WRITE_ROLES, Caller, seed_endpoint
 from proxy.store.queries import InvalidCursor
 
@@ -57,13 +57,11 @@ def _by_org(caller: Caller, events: list[FactoryEvent]) -> dict[str, list[Factor
 async def get_events(caller: Caller) -> dict[str, Any]:
     """Events as posted, newest first: `?type=&issue=&station=&run=&project=&agent=&limit=&cursor=`."""
     q = caller.request.query_params
-    raw_limit = q.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 500:
-        raise InvalidRequest("`limit` must be an integer from 1 to 500", param="limit")
+    limit = parse_limit(q.get("limit"), default=100, maximum=500)
     try:
         events, cursor = await list_events(caller.services.store, org=caller.org,
                                            filters=EventFilter(**{k: q.get(k) for k in FILTERS}),
-                                           limit=int(raw_limit), cursor=q.get("cursor"))
+                                           limit=limit, cursor=q.get("cursor"))
     except InvalidCursor:
         raise InvalidRequest("`cursor` is not valid; pass the next_cursor of a previous page", param="cursor") from None
     return {"events": events, "next_cursor": cursor}
