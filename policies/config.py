@@ -121,6 +121,9 @@ class LedgerConfig(BaseModel):
     on_unavailable: Literal["block", "allow"] = "block"
     reservation_ttl_s: int = Field(900, gt=0)
     cluster: bool = False  # Redis Cluster: every budget must be scoped by org (one hash slot per org)
+    # Each Redis command's connect / read timeout (one retry after a dropped connection): an unreachable
+    # or hung Redis is reported, and the call refused, within about twice this.
+    timeout_s: float = Field(0.4, gt=0, le=30)
 
     @field_validator("url")
     @classmethod
@@ -219,16 +222,23 @@ class WebhookConfig(BaseModel):
         return v
 
 
-def check_budgets(budgets: Sequence[BudgetConfig], ledger: LedgerConfig) -> list[Problem]:
-    """Checks across budget entries: unique names; in Redis Cluster mode every scope names `org`."""
+def repeated_names(section: str, what: str, names: Sequence[str]) -> list[Problem]:
+    """One problem per entry of `section` whose name an earlier entry already has."""
     problems: list[Problem] = []
     first: dict[str, int] = {}
-    for i, budget in enumerate(budgets):
-        if budget.name in first:
-            problems.append((("budgets", i, "name"), f"budget name {budget.name!r} is repeated "
-                             f"(first in budgets[{first[budget.name]}]); each must be unique"))
+    for i, name in enumerate(names):
+        if name in first:
+            problems.append(((section, i, "name"), f"{what} name {name!r} is repeated "
+                             f"(first in {section}[{first[name]}]); each must be unique"))
         else:
-            first[budget.name] = i
+            first[name] = i
+    return problems
+
+
+def check_budgets(budgets: Sequence[BudgetConfig], ledger: LedgerConfig) -> list[Problem]:
+    """Checks across budget entries: unique names; in Redis Cluster mode every scope names `org`."""
+    problems = repeated_names("budgets", "budget", [b.name for b in budgets])
+    for i, budget in enumerate(budgets):
         if ledger.cluster and "org" not in budget.scope:
             # All keys of one counter set must share a hash slot; the slot is chosen by org.
             problems.append((("budgets", i, "scope"), "with ledger.cluster: true every budget's scope "
@@ -238,14 +248,7 @@ def check_budgets(budgets: Sequence[BudgetConfig], ledger: LedgerConfig) -> list
 
 def check_webhooks(webhooks: Sequence[WebhookConfig], budgets: Sequence[BudgetConfig]) -> list[Problem]:
     """Unique webhook names, and a `webhook` action only where some webhook receives that event."""
-    problems: list[Problem] = []
-    first: dict[str, int] = {}
-    for i, hook in enumerate(webhooks):
-        if hook.name in first:
-            problems.append((("webhooks", i, "name"), f"webhook name {hook.name!r} is repeated "
-                             f"(first in webhooks[{first[hook.name]}]); each must be unique"))
-        else:
-            first[hook.name] = i
+    problems = repeated_names("webhooks", "webhook", [hook.name for hook in webhooks])
     subscribed = {event for hook in webhooks for event in hook.events}
     for i, budget in enumerate(budgets):
         if budget.on_exceed == "webhook" and "budget.exceeded" not in subscribed:

@@ -11,5 +11,10 @@ class LedgerUnavailable(PolicyError):
     """The ledger's store (Redis) cannot be reached or timed out; the caller chooses fail-closed or allow."""
 
 
+class LedgerUnseeded(LedgerUnavailable):
+    """The ledger answers but has forgotten its counters (a Redis that restarted empty, or was flushed): they
+    must be rebuilt from the store before anything is admitted. Unhandled, it fails closed like any outage."""
+
+
 class InvalidCounters(PolicyError):
     """The counters of one operation cannot be handled together (duplicates, or several cluster hash slots)."""

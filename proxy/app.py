@@ -9,20 +9,30 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+from sqlalchemy import exc as sa_exc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from policies.errors import LedgerUnavailable
 from pricing.catalog import Catalog
 from pricing.errors import PricingError
 from pricing.tokens import TokenCounter
 from proxy.approvals import ApprovalDesk
 from proxy.auth import KeyRing
-from proxy.budgeting import Alerts, build_engine, open_ledger, rebuild_counters
-from proxy.errors import MethodNotAllowed, NotFound, ProxyError, error_response, family_for_path
+from proxy.budgeting import Alerts, CounterSeeder, build_engine, open_ledger
+from proxy.errors import (
+    MethodNotAllowed,
+    NotFound,
+    ProxyError,
+    ServiceUnavailable,
+    error_response,
+    family_for_path,
+)
+from proxy.idempotency_store import open_store
 from proxy.prometheus import Metrics, watch_services
-from proxy.ratelimit import RateLimiter
+from proxy.ratelimit import open_rate_limits
 from proxy.reload import watch
 from proxy.routes import (
     anthropic,
@@ -99,6 +109,8 @@ async def _services(settings: Settings, catalog: Catalog) -> AsyncIterator[Servi
         counter = TokenCounter()  # encodings load on first need (~100 MB for o200k + cl100k), off the loop
         ledger = open_ledger(settings.ledger)
         stack.push_async_callback(ledger.aclose)
+        idempotency = open_store(settings.ledger)  # Idempotency-Key answers live where the ledger does
+        stack.push_async_callback(idempotency.aclose)
         engine = build_engine(settings, ledger)
         engine.budgets = await apply_limits(store, engine.budgets)  # runtime limits set with PUT .../limit
         dispatcher: WebhookDispatcher | None = None
@@ -110,8 +122,16 @@ async def _services(settings: Settings, catalog: Catalog) -> AsyncIterator[Servi
                                  wait_seconds=settings.approvals.wait_seconds,
                                  notify=dispatcher.emit if dispatcher else None)
         engine.extra_limits = approvals.extra_limits
+        seeder = CounterSeeder(ledger, store, writer, lambda: engine.budgets)
         if engine.budgets:
-            await rebuild_counters(ledger, engine.budgets, store, settings.ledger.on_unavailable)
+            try:
+                await seeder.ensure()
+            except LedgerUnavailable as exc:  # start anyway, not ready: calls are refused until it succeeds
+                log.error("budget counters not rebuilt at start; no call is admitted until they are",
+                          extra={"error": str(exc)})
+        metrics = Metrics()  # a registry per app: apps in one process never share series
+        limiter = open_rate_limits(settings, metrics)  # on the ledger's Redis when it has one
+        stack.push_async_callback(limiter.aclose)
         services = Services(
             settings=settings, keys=KeyRing(settings.keys),
             router=Router(settings.models, catalog, allow_unpriced=settings.pricing.unpriced == "allow"),
@@ -119,12 +139,25 @@ async def _services(settings: Settings, catalog: Catalog) -> AsyncIterator[Servi
             http=HttpUpstream(session, connect_timeout=server.upstream_connect_timeout_s,
                               read_timeout=server.upstream_read_timeout_s),
             mock=MockUpstream(counter), translated=TranslatedUpstream(), engine=engine,
-            approvals=approvals, alerts=Alerts(store, dispatcher),
-            limiter=RateLimiter(server.metrics_rate_limit_per_minute),
-            metrics=Metrics(), journal=journal,  # a registry per app: apps in one process never share series
+            approvals=approvals, alerts=Alerts(store, dispatcher), seeder=seeder,
+            idempotency=idempotency,
+            limiter=limiter, metrics=metrics, journal=journal,
         )
         watch_services(services)
+        retrier = asyncio.create_task(_retry_settles(services), name="settle-retry")
+        stack.callback(retrier.cancel)
         yield services
+
+
+async def _retry_settles(services: Services, every_s: float = 0.5) -> None:
+    """Settles the ledger could not take while it was down, booked once it answers again."""
+    while True:
+        await asyncio.sleep(every_s)
+        if services.deferred_settles:
+            try:
+                await services.retry_settles()
+            except Exception:  # never let the task die
+                log.exception("retrying deferred settles failed")
 
 
 def create_app(settings: Settings, *, catalog: Catalog | None = None, config_path: Path | None = None) -> Starlette:
@@ -170,6 +203,31 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     # Never a traceback in the answer; the log line goes through the redacting sink.
+    family = family_for_path(request.url.path)
+    if _store_unreachable(exc):  # a read while SQL is down: expected in an outage, and worth a retry
+        log.warning("store unreachable", extra={"path": request.url.path, "error": type(exc).__name__})
+        return error_response(ServiceUnavailable("the store is unreachable; retry shortly"), family)
     log.error("unexpected error", exc_info=exc, extra={"path": request.url.path})
-    return error_response(ProxyError("spendgate hit an unexpected error; it has been logged"),
-                          family_for_path(request.url.path))
+    return error_response(ProxyError("spendgate hit an unexpected error; it has been logged"), family)
+
+
+_LOCAL_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
+def _store_unreachable(exc: BaseException) -> bool:
+    """True for connection failures to SQL (refused, reset, timed out, pool exhausted), however SQLAlchemy and
+    the driver wrapped them; never for bad SQL or bad data."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, TimeoutError | sa_exc.TimeoutError | ConnectionError):
+            return True
+        if isinstance(current, OSError) and not isinstance(current, _LOCAL_OS_ERRORS):  # e.g. asyncpg's
+            return True  # "Multiple exceptions: [Errno 111] Connect call failed ..."
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, sa_exc.InterfaceError | sa_exc.OperationalError) and "connect" in str(current).lower():
+            return True
+        current = current.__cause__ or current.__context__
+    return False

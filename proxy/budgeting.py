@@ -3,6 +3,7 @@ from the store at start, and alerts for thresholds crossed."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import Callable, Sequence
@@ -13,7 +14,7 @@ from policies.budgets import Budget, Counter, counter_key, scope_dict
 from policies.config import LedgerConfig
 from policies.decisions import pct
 from policies.engine import Crossing, Engine
-from policies.errors import LedgerUnavailable
+from policies.errors import LedgerUnavailable, LedgerUnseeded
 from policies.ledger.base import CounterSpec, Ledger
 from policies.ledger.memory import MemoryLedger
 from policies.ledger.redis import RedisLedger
@@ -24,6 +25,7 @@ from proxy.store.alerts import record_alert
 from proxy.store.db import Store
 from proxy.store.queries import iso_utc
 from proxy.store.spend import counter_spend
+from proxy.store.writer import UsageWriter
 from proxy.webhooks import WebhookDispatcher
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,9 @@ log = logging.getLogger(__name__)
 def open_ledger(config: LedgerConfig) -> Ledger:
     if config.url.startswith("memory://"):
         return MemoryLedger()
-    return RedisLedger(config.url, cluster=config.cluster)
+    # guard: a reservation on counters this Redis never had rebuilt (it restarted empty) is refused, not made
+    # against zeros; the seeder rebuilds them and admission resumes.
+    return RedisLedger(config.url, cluster=config.cluster, socket_timeout=config.timeout_s, guard=True)
 
 
 def build_engine(settings: Settings, ledger: Ledger) -> Engine:
@@ -55,19 +59,81 @@ async def seed_from_store(ledger: Ledger, budgets: Sequence[Budget], store: Stor
     return seeded
 
 
-async def rebuild_counters(ledger: Ledger, budgets: Sequence[Budget], store: Store, on_unavailable: str) -> None:
-    """Counters from the store at start: a memory ledger is new with every process; a Redis ledger is seeded
-    once per Redis lifetime (keyed by its run id), so a Redis that restarted empty gets its totals back and
-    replicas starting together do not add them up."""
-    try:
-        version = await ledger.version() if isinstance(ledger, RedisLedger) else start_version()
-        seeded = await seed_from_store(ledger, budgets, store, version)
-    except LedgerUnavailable:
-        if on_unavailable != "allow":
+class CounterSeeder:
+    """Budget counters are rebuilt from the store before anything is admitted against them: at start, after a
+    config reload (new budgets), and whenever the Redis ledger says it forgot them (it restarted empty, or was
+    flushed: `LedgerUnseeded`). Until a rebuild has succeeded nothing is admitted: callers get
+    `LedgerUnavailable` (fail closed, or pass unenforced under `on_unavailable: allow`), never counters of 0.
+
+    The version a rebuild seeds with is the Redis run id (one per Redis lifetime; a memory ledger: one per
+    process), and seeding is SET-unless-already-seeded-with-that-version: replicas rebuilding at once, or one
+    replica twice, agree on one total, and counters already rebuilt keep the spend settled since. (A call
+    admitted before a Redis restart that settles after it but before the rebuild is counted by its row if the
+    row reached the store first; otherwise `spendgate reconcile` finds and repairs the difference.)"""
+
+    FLUSH_TIMEOUT_S = 1.0  # rows journaled before a rebuild must be in the store; SQL down: no rebuild
+
+    def __init__(self, ledger: Ledger, store: Store, writer: UsageWriter | None,
+                 budgets: Callable[[], Sequence[Budget]]) -> None:
+        self.ledger = ledger
+        self.store = store
+        self.writer = writer
+        self.budgets = budgets
+        self.ready = False
+        self.version: str | None = None  # the version of the last successful rebuild
+        self._process_version = start_version()
+        self._attempt: asyncio.Future[None] | None = None
+
+    async def ensure(self, counters: Sequence[CounterSpec] = ()) -> None:
+        """Return once counters are rebuilt (at once when they are); raise LedgerUnavailable when they cannot
+        be (the ledger or the store is unreachable). Calls arriving during an attempt share its outcome, so a
+        hung Redis costs each of them one attempt's time, not one each in turn."""
+        if self.ready:
+            return
+        if self._attempt is None:
+            self._attempt = asyncio.ensure_future(self._rebuild(counters))
+            self._attempt.add_done_callback(self._attempt_done)
+        await asyncio.shield(self._attempt)
+
+    def _attempt_done(self, attempt: asyncio.Future[None]) -> None:
+        self._attempt = None
+        if not attempt.cancelled():
+            attempt.exception()  # retrieved: its callers heard it
+
+    def forget(self) -> None:
+        """The counters must be rebuilt before the next admission (new budgets, or Redis forgot them)."""
+        self.ready = False
+
+    async def admit_again(self, exc: LedgerUnseeded, counters: Sequence[CounterSpec]) -> None:
+        """A reservation met counters Redis forgot: rebuild them (once, whoever asks first)."""
+        log.warning("the budget ledger forgot its counters; rebuilding them from the store",
+                    extra={"error": str(exc)})
+        self.forget()
+        await self.ensure(counters)
+
+    async def current_version(self) -> str:
+        """The ledger's lifetime: the Redis run id (changes when Redis restarts), or this process's."""
+        return await self.ledger.version() if isinstance(self.ledger, RedisLedger) else self._process_version
+
+    async def _rebuild(self, counters: Sequence[CounterSpec]) -> None:
+        if self.writer is not None:
+            try:  # every row journaled so far is in the store first, so the rebuild counts it
+                await asyncio.wait_for(self.writer.flush(), self.FLUSH_TIMEOUT_S)
+            except TimeoutError:
+                raise LedgerUnavailable("budget counters cannot be rebuilt: the store is not taking rows") from None
+        ledger = self.ledger
+        version = await self.current_version()
+        try:
+            seeded = await seed_from_store(self.ledger, self.budgets(), self.store, version)
+        except LedgerUnavailable:
             raise
-        log.error("ledger unavailable at start; counters not rebuilt (ledger.on_unavailable: allow)")
-        return
-    log.info("budget counters rebuilt from the store", extra={"counters": seeded, "version": version})
+        except Exception as exc:  # the store is down: without its totals no counter can be trusted
+            raise LedgerUnavailable(f"budget counters cannot be rebuilt: the store is unreachable "
+                                    f"({type(exc).__name__})") from None
+        if isinstance(ledger, RedisLedger):
+            await ledger.mark_seeded(version, counters)
+        self.version, self.ready = version, True
+        log.info("budget counters rebuilt from the store", extra={"counters": seeded, "version": version})
 
 
 def start_version() -> str:

@@ -47,7 +47,8 @@ class Call:
     raw: bytes = b""  # `body` as it goes on the wire
     admission: Admission | None = None  # the call's reservation on its budgets, if any matched
     enforcement: str | None = None  # "bypassed": the ledger was unreachable and on_unavailable is allow
-    headers_out: dict[str, str] = field(default_factory=dict)  # budget warnings, clamping
+    headers_out: dict[str, str] = field(default_factory=dict)  # budget warnings, clamping, rate limits
+    tpm: int | None = None  # the key's tokens-per-minute limit: each row's tokens are charged to it
 
     def prepare(self, raw: bytes, changed: bool) -> None:
         """Point the body at this deployment's upstream model; serialise again only if anything changed."""
@@ -62,7 +63,7 @@ class Call:
         nxt = Call(self.services, self.endpoint, new_request_id(), datetime.now(UTC),
                    replace(self.attribution, retry_of=self.request_id), deployment, body, self.stream,
                    self.client_wants_usage, admission=self.admission, enforcement=self.enforcement,
-                   headers_out=self.headers_out)
+                   headers_out=self.headers_out, tpm=self.tpm)
         nxt.prepare(self.raw, False)
         return nxt
 
@@ -118,5 +119,10 @@ class Call:
         except JournalError as exc:
             # The row is still queued for SQL; only its crash-safety is lost. The call itself succeeded.
             log.error("journal append failed", extra={"request_id": row.request_id, "error": str(exc)})
+        tokens = row.input_tokens + row.output_tokens
+        if self.tpm is not None and tokens:
+            # Awaited, so the key's next call already sees the debt. Never raises (the row is stored).
+            a = self.attribution
+            await asyncio.shield(self.services.limiter.charge(a.org, a.key, self.tpm, tokens))
         if final and self.admission is not None:
             await asyncio.shield(self.services.settle(self.admission, row.cost_nano))

@@ -101,6 +101,18 @@ class RateLimited(ProxyError):
     status, code, type = 429, "rate_limited", "rate_limit_error"
 
 
+class IdempotencyKeyReused(ProxyError):
+    """The Idempotency-Key was used before with another body or endpoint."""
+
+    status, code, type = 422, "idempotency_key_reused", "invalid_request_error"
+
+
+class IdempotencyInProgress(ProxyError):
+    """A copy of this request (same Idempotency-Key) is still running; retry later."""
+
+    status, code, type = 409, "idempotency_request_in_progress", "invalid_request_error"
+
+
 class DatabaseError(ProxyError):
     """The store failed transiently while answering (retry)."""
 
@@ -127,7 +139,8 @@ _SEED_CODES = {
 # Anthropic's error `type` vocabulary, by status.
 _ANTHROPIC_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 402: "billing_error", 403: "permission_error",
-    404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large",
+    404: "not_found_error", 405: "invalid_request_error", 409: "invalid_request_error", 413: "request_too_large",
+    422: "invalid_request_error",
     429: "rate_limit_error", 500: "api_error", 501: "invalid_request_error", 502: "api_error",
     503: "overloaded_error", 504: "timeout_error",
 }
@@ -147,12 +160,16 @@ def error_body(err: ProxyError, family: Family) -> dict[str, Any]:
     return {"error": body}
 
 
-def error_response(err: ProxyError, family: Family = "openai", request_id: str | None = None) -> Response:
+class ErrorResponse(Response):
+    """An error spendgate answered itself (not a provider's answer relayed)."""
+
+
+def error_response(err: ProxyError, family: Family = "openai", request_id: str | None = None) -> ErrorResponse:
     headers = dict(err.headers)
     if request_id:
         headers["x-spendgate-request-id"] = request_id
-    return Response(orjson.dumps(error_body(err, family)), status_code=err.status,
-                    media_type="application/json", headers=headers)
+    return ErrorResponse(orjson.dumps(error_body(err, family)), status_code=err.status,
+                         media_type="application/json", headers=headers)
 
 
 def family_for_path(path: str) -> Family:

@@ -7,10 +7,11 @@ import logging
 from dataclasses import replace
 from time import perf_counter
 
-from policies.budgets import Counter, call_tags
+from policies.budgets import CallTags, Counter, call_tags
 from policies.decisions import Allowed, Decision, Denied, Held
 from policies.engine import Admission, HoldRequest
-from policies.errors import LedgerUnavailable
+from policies.errors import LedgerUnavailable, LedgerUnseeded
+from policies.ledger.base import CounterSpec
 from proxy.admission import ApprovalDenied, ApprovalRequired, refusal, worst_case
 from proxy.call import Call
 from proxy.errors import InvalidRequest, ServiceUnavailable
@@ -23,7 +24,9 @@ log = logging.getLogger(__name__)
 async def gate(call: Call, raw: bytes, chain: tuple[Deployment, ...], approval_id: str | None) -> bool:
     """Admit the call against every budget it matches; True if the body was changed (max tokens written)."""
     services, body, who = call.services, call.body, call.attribution
-    tags = call_tags(who, model=body["model"], provider=chain[0].provider)
+    # The model the client asked for (the body may already name a deployment's upstream model on a fallback),
+    # and the provider of the deployment about to be tried.
+    tags = call_tags(who, model=chain[0].requested, provider=chain[0].provider)
     if not services.engine.counters(tags):
         return False
     if approval_id is not None:
@@ -40,7 +43,15 @@ async def gate(call: Call, raw: bytes, chain: tuple[Deployment, ...], approval_i
     async def admit(on_hold: HoldRequest | None = None) -> tuple[Decision, Admission | None]:
         started = perf_counter()
         try:
-            return await services.engine.admit(tags, worst.nano, call.request_id, worst.clamp, on_hold=on_hold)
+            if not services.seeder.ready:  # counters not (re)built from the store yet: never admit against 0
+                await services.seeder.ensure(_specs(services, tags))
+            try:
+                return await services.engine.admit(tags, worst.nano, call.request_id, worst.clamp,
+                                                   on_hold=on_hold)
+            except LedgerUnseeded as forgot:  # Redis restarted empty: rebuild, then decide on real totals
+                await services.seeder.admit_again(forgot, _specs(services, tags))
+                return await services.engine.admit(tags, worst.nano, call.request_id, worst.clamp,
+                                                   on_hold=on_hold)
         finally:
             services.metrics.ledger("admit", perf_counter() - started)
 
@@ -95,6 +106,28 @@ async def gate(call: Call, raw: bytes, chain: tuple[Deployment, ...], approval_i
                 for warning in decision.warnings:
                     await services.alerts.exceeded(warning.counter, None)
     return changed
+
+
+async def regate(call: Call, previous: Deployment, chain: tuple[Deployment, ...]) -> bool:
+    """A fallback to a deployment of another provider (`chain[0]`, after `previous`): when that changes which
+    budget counters the call touches (a `provider`-scoped budget), give back the reservation made for the
+    previous provider and admit the call again for this one, so spend is booked where it is actually made.
+    True if the body changed. Raises like `gate` (the caller records the refusal)."""
+    services, who = call.services, call.attribution
+    if not services.engine.budgets or call.endpoint == "count_tokens":
+        return False
+    old = services.engine.counters(call_tags(who, model=previous.requested, provider=previous.provider))
+    new = services.engine.counters(call_tags(who, model=chain[0].requested, provider=chain[0].provider))
+    if [c.key for c in old] == [c.key for c in new]:
+        return False
+    if call.admission is not None:
+        await services.engine.release(call.admission)
+        call.admission = None
+    return await gate(call, call.raw, chain, None)
+
+
+def _specs(services: Services, tags: CallTags) -> list[CounterSpec]:
+    return [CounterSpec(c.key, c.limit_nano, c.ttl_s) for c in services.engine.counters(tags)]
 
 
 def _count_allowed(services: Services, admission: Admission | None, decision: Allowed) -> None:

@@ -126,6 +126,7 @@ class Call(BaseModel):
     cost_usd: float
     cost_nano: int
     usage_source: Literal["provider", "estimated"]
+    enforcement: Literal["bypassed"] | None = None  # budgets not enforced: the ledger was down (allow)
 
 
 class CallsPage(BaseModel):
@@ -144,7 +145,13 @@ _PROXIED = [
 # Before OpenAPI 3.2's itemSchema, the schema of text/event-stream describes one event, read as an object.
 _SSE_EVENT = {"type": "object", "properties": {"event": {"type": "string"}, "data": {"type": "string"},
                                                "id": {"type": "string"}, "retry": {"type": "integer"}}}
-_ERROR_STATUSES = ("400", "401", "404", "413", "502", "504")
+_ERROR_STATUSES = ("400", "401", "404", "409", "413", "422", "502", "504")
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"},
+    "description": "Makes retries safe (docs/idempotency.md): copies of one request with the same key make one "
+                   "upstream call; a replay carries `Idempotent-Replayed: true`; the same key with another body "
+                   "is 422 (`idempotency_key_reused`); 409 while a copy is still running past the wait."}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -191,6 +198,7 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
                                          "text/event-stream": {"schema": _SSE_EVENT}}}}
         responses.update({s: _json(_ref(error), "Error in the endpoint's wire format") for s in _ERROR_STATUSES})
         paths[path] = {"post": {"summary": summary, "security": security, "responses": responses,
+                                "parameters": [_IDEMPOTENCY_KEY],
                                 "requestBody": {"required": True, "content": {"application/json": {
                                     "schema": _ref(request.__name__)}}}}}
     calls_params: list[dict[str, Any]] = [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}}

@@ -147,6 +147,8 @@ class Metrics:
         self.decisions = Counters("spendgate_budget_decisions", "Budget decisions per matching budget: allowed, "
                                   "warned, clamped, held, denied, bypassed (ledger down, on_unavailable: allow)",
                                   ("budget", "action"))
+        self.limited = Counters("spendgate_rate_limit_refusals", "Requests refused (429) by a key's rate limit, by "
+                                "key name and limit: requests, tokens, metrics_api", ("key", "limit"))
         self.latency = Histogram("spendgate_request_duration_seconds",
                                  "Proxied requests, from arrival to the last byte of the answer",
                                  ("endpoint", "status_class", "route", "provider"), REQUEST_BUCKETS)
@@ -223,6 +225,10 @@ class Metrics:
             cell = cells[budget] = self.decisions.cell((budget, action))
         cell[0] += 1
 
+    def rate_limited(self, key_name: str, limit: str) -> None:
+        """A request refused by the rate limit `limit` of the key named `key_name` (a config name)."""
+        self.limited.cell((key_name, limit))[0] += 1
+
     def ledger(self, operation: str, seconds: float) -> None:
         """`operation` is one of LEDGER_OPERATIONS."""
         _observe(self.ledger_latency.bounds, self._ledger[operation], seconds)
@@ -256,6 +262,7 @@ class Metrics:
         yield self.tokens.family()
         yield self.cost_nano.family(scale=NANO_PER_USD)  # nano-USD inside, USD at the edge
         yield self.decisions.family()
+        yield self.limited.family()
         yield self.latency.family()
         yield self.first_byte.family()
         yield self.ledger_latency.family()
@@ -276,6 +283,8 @@ def watch_services(services: Services) -> None:
     if journal is not None:
         metrics.gauge("spendgate_journal_pending", "Call rows in the local journal not yet confirmed in SQL",
                       lambda: journal.unconfirmed)
+    metrics.gauge("spendgate_deferred_settles", "Settles the budget ledger could not take yet (retried when it answers)",
+                  lambda: len(services.deferred_settles))
     metrics.probe("spendgate_webhook_outbox_depth", "Webhook deliveries pending in the outbox (any replica's)",
                   lambda: outbox.pending_count(services.store))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from time import perf_counter
 from typing import Any
@@ -18,7 +19,8 @@ from proxy.admission import ApprovalDenied, ApprovalRequired, BudgetExceeded
 from proxy.attribution import attribute
 from proxy.call import Call, new_request_id
 from proxy.errors import Family, Forbidden, ProxyError, ServiceUnavailable, error_response
-from proxy.gate import gate
+from proxy.gate import gate, regate
+from proxy.idempotency import RecordedStream, idempotent
 from proxy.logs import REQUEST_ID
 from proxy.metering import generated_text_from_json, usage_from_json
 from proxy.requests import check_body, forwarded_headers, parse_json_object, read_body
@@ -35,10 +37,18 @@ def header_map(request: Request) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
 
 
-Reply = Response | MeteredStream  # what a proxied route answers: both are ASGI callables
+Reply = Response | MeteredStream | RecordedStream  # what a proxied route answers: all are ASGI callables
 
 
 async def handle(request: Request, endpoint: Endpoint) -> Reply:
+    headers = header_map(request)
+    idempotency_key = headers.get("idempotency-key")
+    if idempotency_key is not None:  # retries made safe: proxy/idempotency.py (the hot path pays this lookup)
+        return await idempotent(request, endpoint, headers, idempotency_key, _handle)
+    return await _handle(request, endpoint, headers)
+
+
+async def _handle(request: Request, endpoint: Endpoint, headers: dict[str, str]) -> Reply:
     services: Services = request.app.state.services
     request_id = new_request_id()
     # Every log line of this call carries its id (proxy/logs.py), the app's error handler's too: it stays set
@@ -51,7 +61,6 @@ async def handle(request: Request, endpoint: Endpoint) -> Reply:
     status = 500  # an exception nobody expected: the app's handler answers 500
     handed_off = False
     try:
-        headers = header_map(request)
         try:
             call, chain, raw, changed = await _begin(services, request, headers, endpoint, request_id)
             await _admit(call, chain, raw, changed, headers)
@@ -60,7 +69,8 @@ async def handle(request: Request, endpoint: Endpoint) -> Reply:
             return error_response(err, family, request_id)
         query = request.scope.get("query_string", b"").decode("latin-1")
         try:
-            call, response = await _forward(call, chain, query, headers, family)
+            with _cancelled_on_hangup(request):
+                call, response = await _forward(call, chain, query, headers, family)
         except Exception:
             # A failure no path above expected: give the reservation back now rather than at its expiry.
             if call.admission is not None:
@@ -84,6 +94,26 @@ async def handle(request: Request, endpoint: Endpoint) -> Reply:
                                      perf_counter() - started)
 
 
+@contextlib.contextmanager
+def _cancelled_on_hangup(request: Request) -> Iterator[None]:
+    """While the provider is asked, a client that hangs up cancels this task (DESIGN, Disconnects): the upstream
+    call is aborted at once and recorded as cancelled, instead of running on until the provider answers or the
+    read timeout ends it, with its reservation held all along."""
+    task = asyncio.current_task()
+    assert task is not None
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        yield
+    finally:
+        watcher.cancel()
+
+
 async def _release(services: Services, admission: Admission) -> None:
     started = perf_counter()
     try:
@@ -100,6 +130,13 @@ async def _begin(services: Services, request: Request, headers: dict[str, str], 
         raise ServiceUnavailable("spendgate is shutting down; retry against another replica")
     started = datetime.now(UTC)
     principal = services.keys.authenticate(headers)
+    # Per-key rate limits before the body is even read: an over-limit key costs almost nothing. Keys without
+    # limits pay one dict miss, no round trip.
+    limits = services.limiter.limits_for(services.settings, principal.key_name)
+    rate = None
+    if limits is not None:
+        rate = await services.limiter.admit(principal.org, principal.key_name, limits,
+                                            tokens=endpoint != "count_tokens")
     raw = await read_body(request, services.settings.server.max_body_bytes, headers.get("content-length"))
     body = parse_json_object(raw)
     check_body(endpoint, body)
@@ -115,6 +152,9 @@ async def _begin(services: Services, request: Request, headers: dict[str, str], 
         body["stream_options"] = {**(options or {}), "include_usage": True}
         changed = True
     call = Call(services, endpoint, request_id, started, attribution, chain[0], body, stream, wants_usage)
+    if rate is not None:
+        call.headers_out.update(rate.headers())
+        call.tpm = rate.tpm  # each of its rows' tokens are charged to the key's bucket
     return call, chain, raw, changed
 
 
@@ -154,14 +194,24 @@ def _retryable(status: int) -> bool:
 
 
 async def _forward(call: Call, chain: tuple[Deployment, ...], query: str, headers: dict[str, str],
-                   family: Family) -> tuple[Call, Reply]:
+                   family: Family) -> tuple[Call, Response | MeteredStream]:
     """Try the chain in order; every failed attempt is its own row, and the next one records `retry_of`.
     Returns the last attempt and its answer."""
     forwarded = forwarded_headers(headers)
     for attempt, deployment in enumerate(chain):
         if attempt:
-            call = call.retry_on(deployment)
+            previous, call = call.deployment, call.retry_on(deployment)
             REQUEST_ID.set(call.request_id)  # the log lines of this attempt carry its own id
+            if deployment.provider != previous.provider:
+                try:
+                    if await regate(call, previous, chain[attempt:]):
+                        call.prepare(call.raw, True)
+                except (BudgetExceeded, ApprovalRequired, ApprovalDenied) as refused:
+                    await call.record(call.row(status="refused", http_status=402, usage=None, source="provider",
+                                               error=refused.code))
+                    return call, error_response(refused, family, call.request_id)
+                except ProxyError as err:  # the ledger is unreachable (block)
+                    return call, error_response(err, family, call.request_id)
         last = attempt == len(chain) - 1
         upstream = call.services.upstream_for(deployment, call.endpoint)
         upstream_request = UpstreamRequest(
@@ -198,6 +248,9 @@ async def _discard(call: Call, resp: Any) -> None:
         await resp.read()
     except ProxyError:
         pass
+    except asyncio.CancelledError:
+        await call.record(await call.cancelled_row("cancelled while a failed attempt was read"))
+        raise
     finally:
         resp.close()
     await call.record(call.row(status="error", http_status=resp.status, usage=None, source="provider",

@@ -43,6 +43,8 @@ async def apply(services: Services, settings: Settings, catalog: Catalog) -> Non
     services.router = Router(settings.models, catalog, allow_unpriced=settings.pricing.unpriced == "allow")
     services.keys = KeyRing(settings.keys)
     services.engine.budgets = budgets
+    if old.budgets != settings.budgets:  # a new budget's counters start from the store's totals, not from 0
+        services.seeder.forget()
     services.approvals.configure(grant_usd=settings.approvals.grant_usd,
                                  wait_seconds=settings.approvals.wait_seconds)
     if services.alerts.dispatcher is not None:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from time import perf_counter
+from typing import TYPE_CHECKING
 
 from policies.engine import Admission, Engine
 from policies.errors import LedgerUnavailable
@@ -13,10 +14,10 @@ from pricing.catalog import Catalog
 from pricing.tokens import TokenCounter
 from proxy.approvals import ApprovalDesk
 from proxy.auth import KeyRing
-from proxy.budgeting import Alerts
+from proxy.budgeting import Alerts, CounterSeeder
 from proxy.errors import InvalidRequest
 from proxy.prometheus import Metrics
-from proxy.ratelimit import RateLimiter
+from proxy.ratelimit import MemoryRates, RateLimits
 from proxy.routing import Router
 from proxy.settings import Settings
 from proxy.store.db import Store
@@ -27,7 +28,12 @@ from proxy.upstreams.http import HttpUpstream
 from proxy.upstreams.mock import MockUpstream
 from proxy.upstreams.translated import TranslatedUpstream
 
+if TYPE_CHECKING:
+    from proxy.idempotency_store import IdempotencyStore
+
 log = logging.getLogger(__name__)
+
+_MAX_DEFERRED = 100_000  # settles kept for a retry while the ledger is down (beyond: reconcile repairs)
 
 # Providers spoken natively, and the endpoints each serves without translation.
 OPENAI_COMPATIBLE = frozenset({"openai", "azure", "vllm", "ollama", "deepseek", "groq", "openai_compatible"})
@@ -48,10 +54,14 @@ class Services:
     engine: Engine
     approvals: ApprovalDesk
     alerts: Alerts
-    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(1000))  # metrics APIs, per key
+    seeder: CounterSeeder
+    idempotency: IdempotencyStore  # Idempotency-Key answers, beside the ledger (proxy/idempotency.py)
+    # Per-key rpm / tpm of proxied calls and the metrics APIs' per-key cap (memory, or the ledger's Redis).
+    limiter: RateLimits = field(default_factory=lambda: RateLimits(MemoryRates()))
     metrics: Metrics = field(default_factory=Metrics)  # this app's Prometheus registry (GET /metrics)
     journal: Journal | None = None  # the writer's journal, for its pending count
     draining: bool = False
+    deferred_settles: list[tuple[Admission, int, str | None]] = field(default_factory=list)
     inflight: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -62,13 +72,39 @@ class Services:
         try:
             crossings = await self.engine.settle(admission, cost_nano)
         except LedgerUnavailable:
-            log.error("ledger unavailable at settle; the call's spend is in the store, not in the counters",
+            log.error("ledger unavailable at settle; retried when it answers again",
                       extra={"reservation_id": admission.reservation_id})
+            admission.done = False  # settling is idempotent per reservation: trying again is safe
+            if len(self.deferred_settles) < _MAX_DEFERRED:
+                self.deferred_settles.append((admission, cost_nano, self.seeder.version))
             return
         finally:
             self.metrics.ledger("settle", perf_counter() - started)
         if crossings:
             await self.alerts.crossed(crossings)
+
+    async def retry_settles(self) -> int:
+        """Settles the ledger could not take, tried again; returns how many are still waiting. Dropped, not
+        retried, when Redis restarted since (its run id changed): the rebuild from the store counts them."""
+        if not self.deferred_settles:
+            return 0
+        try:
+            version = await self.seeder.current_version()
+        except LedgerUnavailable:
+            return len(self.deferred_settles)
+        waiting, self.deferred_settles = self.deferred_settles, []
+        for i, (admission, cost_nano, seen) in enumerate(waiting):
+            if seen is not None and version != seen:
+                continue  # Redis restarted: its counters are rebuilt from the store, which holds this row
+            try:
+                crossings = await self.engine.settle(admission, cost_nano)
+            except LedgerUnavailable:
+                admission.done = False
+                self.deferred_settles = waiting[i:] + self.deferred_settles
+                break
+            if crossings:
+                await self.alerts.crossed(crossings)
+        return len(self.deferred_settles)
 
     def begin_call(self) -> None:
         self.inflight += 1

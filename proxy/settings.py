@@ -26,6 +26,8 @@ _FROZEN = ConfigDict(extra="forbid", frozen=True)
 _ENV_REF = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9._:/*@+-]{1,128}$")
+_MAX_RPM = 1_000_000  # per-key rate limits: far above any real limit; GCRA intervals stay >= 60 us
+_MAX_TPM = 10_000_000_000
 Loc = tuple[Any, ...]  # a path in the document: ('models', 0, 'name')
 Problem = tuple[int, Loc, str]  # (line, path, message)
 
@@ -47,8 +49,23 @@ class ServerConfig(BaseModel):
     upstream_connect_timeout_s: float = Field(10.0, gt=0)
     upstream_read_timeout_s: float = Field(600.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # SIGTERM: how long calls in flight may run on before the server stops anyway (systemd's TimeoutStopSec
+    # or Kubernetes' grace period must be longer: this plus about 55 s, see docs/deployment.md).
+    drain_timeout_s: float = Field(30.0, gt=0, le=3600)
     metrics_rate_limit_per_minute: int = Field(1000, ge=1)
     metrics_public: bool = False  # GET /metrics without a key from loopback / private addresses
+    # Per-key rate limits for keys that set neither `rpm` nor `tpm` (None: unlimited).
+    default_rpm: int | None = Field(None, gt=0, le=_MAX_RPM, strict=True)
+    default_tpm: int | None = Field(None, gt=0, le=_MAX_TPM, strict=True)
+    rate_limit_key_prefix: str = Field("", max_length=64)  # Redis keys: <prefix>sg:rl:{org}:<key name>:rpm
+
+    @field_validator("rate_limit_key_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if re.search(r"[{}\s]", v):
+            raise ValueError("must not contain braces or whitespace (a brace would change the Redis hash "
+                             "slot)")
+        return v
 
 
 class PricingConfig(BaseModel):
@@ -133,6 +150,8 @@ class KeyConfig(BaseModel):
     role: Literal["agent", "viewer", "admin"] = "agent"
     allowed_models: tuple[str, ...] | None = None  # model names or `*` patterns this key may call
     require_tags: tuple[TagName, ...] = ()  # tags every call of this key must carry (else 400)
+    rpm: int | None = Field(None, gt=0, le=_MAX_RPM, strict=True)  # requests per minute (None: unlimited)
+    tpm: int | None = Field(None, gt=0, le=_MAX_TPM, strict=True)  # tokens per minute (None: unlimited)
 
     @field_validator("key_sha256")
     @classmethod

@@ -82,6 +82,11 @@ class MeteredStream:
                                                    time.perf_counter() - self.started)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
+    @property
+    def completed(self) -> bool:
+        """The stream reached its terminal event and the client was there for all of it."""
+        return self._row is not None and self._row.status == "ok" and not self.client_gone
+
     async def _relay(self, out: bytes, send: Send) -> None:
         if not out:
             return

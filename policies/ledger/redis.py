@@ -17,11 +17,11 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry  # the asyncio one: the sync Retry never retries a coroutine
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
-from redis.retry import Retry
 
-from policies.errors import InvalidCounters, LedgerUnavailable
+from policies.errors import InvalidCounters, LedgerUnavailable, LedgerUnseeded
 from policies.ledger.audit import CounterAudit, CounterRepair
 from policies.ledger.base import (
     DEFAULT_MARKER_TTL_S,
@@ -64,6 +64,40 @@ def _redacted(url: str) -> str:
     return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
 
 
+RedisClient = aioredis.Redis | RedisCluster
+
+
+def connect(url: str, *, cluster: bool = False, timeout_s: float = 1.0, retries: int = 1,
+            max_connections: int = 64, pool_timeout_s: float = 5.0) -> RedisClient:
+    """A Redis (or Redis Cluster) client as spendgate uses it everywhere (ledger, rate limits, idempotency):
+    `timeout_s` per connect and per read, `retries` after a dropped connection or a timeout, and a bounded
+    pool where a burst of calls waits up to `pool_timeout_s` for a connection instead of failing."""
+    options: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "retry": Retry(NoBackoff(), retries),
+    }
+    if cluster:
+        return RedisCluster.from_url(url, max_connections=max_connections, **options)
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=pool_timeout_s,
+                                                    **options)
+    return aioredis.Redis.from_pool(pool)  # the client owns (and closes) the pool
+
+
+@contextlib.asynccontextmanager
+async def redis_errors(url: str, what: str) -> AsyncIterator[None]:
+    """Map every Redis failure to LedgerUnavailable("<what> at <url> unavailable: ..."); the message never
+    carries the URL's password."""
+    try:
+        yield
+    except (RedisError, OSError, TimeoutError) as exc:
+        text = f"{type(exc).__name__}: {exc}"
+        password = urlsplit(url).password
+        if password:
+            text = text.replace(password, "***")
+        raise LedgerUnavailable(f"{what} at {_redacted(url)} unavailable: {text}") from exc
+
+
 class RedisLedger:
     """Ledger on one Redis (or Redis Cluster) shared by every replica (see `Ledger` for the contract).
 
@@ -82,28 +116,20 @@ class RedisLedger:
         retries: int = 1,
         max_connections: int = 64,
         pool_timeout_s: float = 5.0,
+        guard: bool = False,
     ) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError("the key prefix must not contain '{' or '}' (it would change the hash slot)")
         self._url = url
         self._prefix = prefix
         self._cluster = cluster
+        # guard: `reserve` refuses (LedgerUnseeded) counters whose slot has no seeded marker, i.e. counters this
+        # Redis never had rebuilt from the store; `mark_seeded` sets the marker after a rebuild.
+        self._guard = guard
         self._marker_ms = _ms(marker_ttl_s)
         self._tags: dict[str, str] = {}
-        options: dict[str, Any] = {
-            "socket_timeout": socket_timeout,
-            "socket_connect_timeout": socket_timeout,
-            "retry": Retry(NoBackoff(), retries),
-        }
-        self._client: aioredis.Redis | RedisCluster
-        if cluster:
-            self._client = RedisCluster.from_url(url, max_connections=max_connections, **options)
-        else:
-            # A burst of calls waits for a pooled connection (up to pool_timeout_s) instead of failing.
-            pool = aioredis.BlockingConnectionPool.from_url(
-                url, max_connections=max_connections, timeout=pool_timeout_s, **options
-            )
-            self._client = aioredis.Redis.from_pool(pool)  # the client owns (and closes) the pool
+        self._client = connect(url, cluster=cluster, timeout_s=socket_timeout, retries=retries,
+                               max_connections=max_connections, pool_timeout_s=pool_timeout_s)
         self._scripts = {name: self._client.register_script(_load_script(name)) for name in _OPERATIONS}
         self._queued: list[tuple[str, list[str], list[str | int], asyncio.Future[Any]]] = []
         self._flushes: set[asyncio.Task[None]] = set()
@@ -119,10 +145,14 @@ class RedisLedger:
     ) -> ReserveResult:
         check_amount("amount_nano", amount_nano)
         rkey = self._reservation_key(reservation_id, counters)
-        args: list[str | int] = [reservation_id, amount_nano, _ms(ttl_s), int(force)]
+        args: list[str | int] = [reservation_id, amount_nano, _ms(ttl_s), int(force), int(self._guard)]
         for spec in counters:
             args += [spec.limit_nano, spec.ttl_s]
-        reply = await self._run("reserve", [rkey, *self._keys(counters)], args)
+        marker = [self._seeded_key(counters)] if self._guard else []
+        reply = await self._run("reserve", [rkey, *marker, *self._keys(counters)], args)
+        if int(reply[0]) == -1:
+            raise LedgerUnseeded("the redis ledger holds no counters rebuilt from the store (it restarted empty "
+                                 "or was flushed)")
         states = _states(counters, reply[2:])
         refused = states[int(reply[1]) - 1] if int(reply[1]) else None
         if self._cluster and int(reply[0]):
@@ -158,6 +188,14 @@ class RedisLedger:
         check_amount("spent_nano", spent_nano)
         args: list[str | int] = [spent_nano, version, counter.ttl_s]
         return bool(int(await self._run("seed", self._keys([counter]), args)))
+
+    async def mark_seeded(self, version: str, counters: Sequence[CounterSpec] = ()) -> None:
+        """Record that counters were rebuilt from the store under `version`: for the whole Redis, or in cluster
+        mode for the slot of `counters` (each org's slot is marked the first time one of its calls is seen)."""
+        if self._cluster and not counters:
+            return
+        async with self._unavailable():
+            await self._client.set(self._seeded_key(counters), version)
 
     # -- reconciliation (`spendgate reconcile`; never on the hot path) --------------------------------
 
@@ -209,6 +247,11 @@ class RedisLedger:
 
     def _keys(self, counters: Sequence[CounterSpec]) -> list[str]:
         return [self._prefix + spec.key for spec in counters]
+
+    def _seeded_key(self, counters: Sequence[CounterSpec]) -> str:
+        if not self._cluster:
+            return f"{self._prefix}sg:seeded"
+        return f"{self._prefix}sg:{{{hash_tag(counters[0].key)}}}:seeded"
 
     def _reservation_key(
         self, reservation_id: str, counters: Sequence[CounterSpec], *, by_id: bool = False
@@ -285,17 +328,8 @@ class RedisLedger:
             else:
                 future.set_result(result)
 
-    @contextlib.asynccontextmanager
-    async def _unavailable(self) -> AsyncIterator[None]:
-        """Map every Redis failure to LedgerUnavailable; the message never carries the URL's password."""
-        try:
-            yield
-        except (RedisError, OSError, TimeoutError) as exc:
-            text = f"{type(exc).__name__}: {exc}"
-            password = urlsplit(self._url).password
-            if password:
-                text = text.replace(password, "***")
-            raise LedgerUnavailable(f"redis ledger at {_redacted(self._url)} unavailable: {text}") from exc
+    def _unavailable(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return redis_errors(self._url, "redis ledger")
 
 
 async def _settle_future(future: asyncio.Future[Any], call: Any) -> None:

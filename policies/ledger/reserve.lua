@@ -1,9 +1,18 @@
--- reserve: KEYS = {R, C1..Cn}; ARGV = {rid, amount, ttl_ms, force, limit1, ttl1, ..., limitn, ttln}
+-- reserve: KEYS = {R, [M,] C1..Cn}; ARGV = {rid, amount, ttl_ms, force, guard, limit1, ttl1, ..., limitn, ttln}
 -- Reply: {ok, refused index (0 = none), spent1, reserved1, ...}. All or nothing unless force = '1'.
+-- guard = '1': M is the seeded marker of the counters' slot; without it the counters were never rebuilt from
+-- the store in this Redis's life (it restarted empty or was flushed), so nothing is reserved: reply {-1}.
 local r, rid, amount, ttl_ms, force = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
+local first = 2
+if ARGV[5] == '1' then
+  if redis.call('EXISTS', KEYS[2]) == 0 then
+    return {-1}
+  end
+  first = 3
+end
 local counters = {}
-for i = 2, #KEYS do
-  counters[i - 1] = KEYS[i]
+for i = first, #KEYS do
+  counters[i - first + 1] = KEYS[i]
 end
 local now = now_ms()
 for _, c in ipairs(counters) do
@@ -17,7 +26,7 @@ local want = tonumber(amount)
 local refused = 0
 for i, c in ipairs(counters) do
   local s = redis.call('HMGET', c, 'spent', 'reserved')
-  if (tonumber(s[1]) or 0) + (tonumber(s[2]) or 0) + want > tonumber(ARGV[3 + 2 * i]) then
+  if (tonumber(s[1]) or 0) + (tonumber(s[2]) or 0) + want > tonumber(ARGV[4 + 2 * i]) then
     refused = i
     break
   end
@@ -30,7 +39,7 @@ for i, c in ipairs(counters) do
   redis.call('HINCRBY', c, 'reserved', amount)
   redis.call('HSET', c, 'h:' .. rid, amount)
   redis.call('ZADD', c .. HOLDS, fmt(expires), rid)
-  touch(c, ARGV[4 + 2 * i])
+  touch(c, ARGV[5 + 2 * i])
 end
 redis.call('DEL', r)
 redis.call('HSET', r, 'state', 'live', 'amount', amount, 'expires', fmt(expires), 'keys', cjson.encode(counters))

@@ -87,6 +87,7 @@ async def list_budgets(request: Request) -> Response:
             if _visible(budget, principal, org):
                 counters += await _counters(services, budget, org, now)
         try:
+            await services.seeder.ensure()  # a Redis that restarted empty shows the store's totals, not 0
             states = await services.engine.ledger.states(
                 [CounterSpec(c.key, c.limit_nano, c.ttl_s) for c in counters])
         except LedgerUnavailable:
@@ -163,6 +164,7 @@ async def estimate_call(request: Request) -> Response:
                         max_output_tokens=worst.max_tokens, expected_output_tokens=history)
         tags = call_tags(attribution, model=body["model"], provider=chain[0].provider)
         counters = services.engine.counters(tags)
+        await services.seeder.ensure()
         states = await services.engine.ledger.states([CounterSpec(c.key, c.limit_nano, c.ttl_s) for c in counters])
         decision, budgets = "allow", []
         for counter, state in zip(counters, states, strict=True):

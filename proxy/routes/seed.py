@@ -57,7 +57,7 @@ def seed_endpoint(handler: Handler, *, roles: tuple[str, ...] = READ_ROLES) -> C
         try:
             services: Services = request.app.state.services
             principal = services.keys.authenticate(request.headers)
-            wait = services.limiter.check(principal.key_name)
+            wait = await services.limiter.check_api(principal.org, principal.key_name)
             if wait is not None:
                 raise RateLimited(f"rate limit of {services.limiter.per_minute} requests per minute for this "
                                   "key exceeded; retry after the Retry-After seconds",

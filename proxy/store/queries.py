@@ -28,7 +28,7 @@ _COLUMNS = (
     "request_id", "started_at", "ended_at", "duration_ms", "status", "http_status", "org", "project",
     "agent", "station", "run", "issue", "actor", "retry_of", "endpoint", "provider", "model",
     "upstream_model", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
-    "reasoning_tokens", "cost_nano", "usage_source",
+    "reasoning_tokens", "cost_nano", "usage_source", "enforcement",
 )  # fmt: skip
 
 

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from policies.webhooks import secret_bytes, verify
 from tests.fakes.servers import ThreadedServer
 from tests.fakes.upstream import FakeUpstream
-from tests.harness import ADMIN, OTHER, ROOT, Proxy, make_settings
+from tests.harness import ADMIN, OTHER, ROOT, Proxy, expected_nano, make_settings
 
 pytestmark = pytest.mark.integration
 MSGS = [{"role": "user", "content": "Summarise the design document in three bullet points."}]
@@ -304,6 +304,43 @@ def test_unpriced_model_cannot_pass_a_budget(upstream: FakeUpstream, tmp_path: P
     r = post(proxy, {"model": "no-price-model", "messages": MSGS, "max_tokens": 5})
     assert r.status_code == 400 and "no known price" in r.json()["error"]["message"]
     assert upstream.requests == []  # never counted as free: not sent at all
+
+
+def test_a_fallback_to_another_provider_books_that_providers_budget(upstream: FakeUpstream, tmp_path: Path,
+                                                                    closed_port: int, stop: list[Proxy]) -> None:
+    """The first deployment (openai) is down; the call runs on the second (azure). A provider-scoped budget must
+    see the spend where it was made, and the first provider's reservation must be given back."""
+    from tests.harness import test_models
+
+    models = [*test_models(upstream, closed_port),
+              {"name": "x-provider", "provider": "openai", "api_base": f"http://127.0.0.1:{closed_port}/v1",
+               "price_as": "gpt-4o-mini"},
+              {"name": "x-provider", "provider": "azure", "api_version": "2024-10-21", "api_base": upstream.openai_base,
+               "api_key": "env:SG_TEST_OPENAI_KEY", "upstream_model": "fake-in30-out6", "price_as": "gpt-4o-mini"},
+              {"name": "x-blocked", "provider": "openai", "api_base": f"http://127.0.0.1:{closed_port}/v1",
+               "price_as": "gpt-4o-mini"},
+              {"name": "x-blocked", "provider": "azure", "api_version": "2024-10-21", "api_base": upstream.openai_base,
+               "api_key": "env:SG_TEST_OPENAI_KEY", "upstream_model": "fake-in30-out6", "price_as": "gpt-4o"}]
+    caps = [{"name": "openai-day", "scope": {"org": "acme", "provider": "openai"}, "window": "day", "limit_usd": 1},
+            {"name": "azure-day", "scope": {"org": "acme", "provider": "azure"}, "window": "day",
+             "limit_usd": 0.0004}]
+    proxy = start(upstream, tmp_path, closed_port, caps, models=models)
+    stop.append(proxy)
+    AZURE = "azure-day:[('org', 'acme'), ('provider', 'azure')]"  # noqa: N806
+    r = post(proxy, {"model": "x-provider", "messages": MSGS, "max_tokens": 6})
+    assert r.status_code == 200, r.text
+    spent = proxy.call_row(r.headers["x-spendgate-request-id"])["cost_nano"]
+    assert spent == expected_nano("gpt-4o-mini", input=30, output=6)
+    found = budgets_of(proxy)
+    azure, openai_ = found[AZURE], found["openai-day:[('org', 'acme'), ('provider', 'openai')]"]
+    assert round(azure["spent_usd"] * 1e9) == spent and azure["reserved_usd"] == 0
+    assert openai_["spent_usd"] == 0 and openai_["reserved_usd"] == 0  # the failed attempt holds nothing
+    # The fallback is admitted on its own provider's budget: gpt-4o's worst case does not fit azure's cap.
+    r = post(proxy, {"model": "x-blocked", "messages": MSGS, "max_tokens": 2000})
+    assert r.status_code == 402 and r.json()["error"]["budget"]["name"] == "azure-day", r.text
+    found = budgets_of(proxy)
+    assert all(b["reserved_usd"] == 0 for b in found.values())
+    assert round(found[AZURE]["spent_usd"] * 1e9) == spent
 
 
 def test_ledger_down_fails_closed_or_bypasses_as_configured(upstream: FakeUpstream, tmp_path: Path,

@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 import redis as sync_redis
 
-from policies.errors import InvalidCounters, LedgerUnavailable
+from policies.errors import InvalidCounters, LedgerUnavailable, LedgerUnseeded
 from policies.ledger import CounterSpec, Ledger, MemoryLedger, RedisLedger
 from policies.ledger.redis import hash_tag
 from tests import redis_helpers
@@ -281,6 +281,34 @@ async def test_stopped_then_restarted_redis(private_redis: PrivateRedis) -> None
     assert (await ledger.reserve("b", [ORG], 100, 30)).ok
     assert await totals(ledger, ORG) == [(0, 100)]
     await ledger.aclose()
+
+
+@pytest.mark.redis
+async def test_guarded_reserve_refuses_counters_never_rebuilt(private_redis: PrivateRedis) -> None:
+    """The proxy's ledger is guarded: after Redis restarts empty, nothing is reserved against zeros until the
+    counters are rebuilt from the store and the seeded marker is set again."""
+    ledger = RedisLedger(private_redis.url, socket_timeout=0.5, guard=True)
+    with pytest.raises(LedgerUnseeded):
+        await ledger.reserve("a", [ORG], 100, 30)
+    version = await ledger.version()
+    assert await ledger.seed(ORG, 700, version)
+    await ledger.mark_seeded(version)
+    assert (await ledger.reserve("a", [ORG, RUN], 100, 30)).ok  # limits and ttls still line up per counter
+    assert await totals(ledger, ORG, RUN) == [(700, 100), (0, 100)]
+    assert not (await ledger.reserve("b", [ORG], 201, 30)).ok  # 700 + 100 + 201 > 1000
+    private_redis.stop()
+    private_redis.start()
+    with pytest.raises(LedgerUnseeded):  # the first command after the restart reconnects (asyncio Retry)
+        await ledger.reserve("c", [ORG], 100, 30)
+    assert await ledger.version() != version
+    await ledger.aclose()
+
+
+async def test_cluster_guard_marks_each_org_slot(closed_port: int) -> None:
+    ledger = RedisLedger(f"redis://127.0.0.1:{closed_port}/0", cluster=True, guard=True, prefix="p:")
+    assert ledger._seeded_key([ORG]) == "p:sg:{acme}:seeded"
+    assert hash_tag(ledger._seeded_key([CounterSpec("sg:{globex}:b:org", 10, 60)])) == "globex"
+    await ledger.mark_seeded("v1")  # no counters in cluster mode: no slot to mark, nothing sent
 
 
 @pytest.mark.redis

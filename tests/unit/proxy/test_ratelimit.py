@@ -1,45 +1,48 @@
-"""The metrics APIs' per-key rate limiter: a sliding minute, with a Retry-After that is actually enough."""
+"""The metrics APIs' per-key cap (`RateLimits.check_api`): GCRA over `server.metrics_rate_limit_per_minute`,
+with a Retry-After that is actually enough."""
 
 from __future__ import annotations
 
-from proxy.ratelimit import RateLimiter
+from proxy.ratelimit import MemoryRates, RateLimits
 
 
 class Clock:
-    def __init__(self, t: float = 6000.0) -> None:  # the start of a minute
+    def __init__(self, t: float = 6000.0) -> None:
         self.t = t
 
     def __call__(self) -> float:
         return self.t
 
 
-def test_allows_the_limit_then_refuses_with_a_wait_until_the_minute_turns() -> None:
+def limiter(per_minute: int, clock: Clock) -> RateLimits:
+    return RateLimits(MemoryRates(clock), api_per_minute=per_minute)
+
+
+async def test_allows_the_limit_at_once_then_refuses_with_a_wait_that_is_enough() -> None:
     clock = Clock()
-    limiter = RateLimiter(5, clock)
-    assert [limiter.check("k") for _ in range(5)] == [None] * 5
+    limits = limiter(5, clock)
+    assert [await limits.check_api("acme", "k") for _ in range(5)] == [None] * 5
     clock.t += 10
-    wait = limiter.check("k")
-    assert wait is not None and 49 <= wait <= 50
-    assert limiter.check("other") is None  # per key
+    wait = await limits.check_api("acme", "k")
+    assert wait == 2  # one request every 12 s after the burst: the next is due at 12 s
+    assert await limits.check_api("acme", "other") is None  # per key
+    clock.t += wait
+    assert await limits.check_api("acme", "k") is None  # after waiting as told, one request fits again
+    assert await limits.check_api("acme", "k") is not None
 
 
-def test_the_previous_minute_still_counts_while_it_overlaps_the_window() -> None:
+async def test_the_wait_is_whole_seconds_rounded_up_and_at_least_one() -> None:
     clock = Clock()
-    limiter = RateLimiter(10, clock)
-    for _ in range(10):
-        assert limiter.check("k") is None
-    clock.t += 60 + 6  # next minute, 10 % in: 90 % of the previous ten (9) still weigh in
-    assert limiter.check("k") is None  # 9 + 1
-    wait = limiter.check("k")  # 9 + 2 > 10: wait until 20 % of the previous minute has slid out
-    assert wait == 6
-    clock.t += wait  # after waiting as told, one request fits again
-    assert limiter.check("k") is None
+    limits = limiter(600, clock)  # one every 0.1 s
+    for _ in range(600):
+        assert await limits.check_api("acme", "k") is None
+    assert await limits.check_api("acme", "k") == 1
 
 
-def test_a_quiet_key_forgets_old_minutes() -> None:
+async def test_a_quiet_key_gets_its_whole_burst_back() -> None:
     clock = Clock()
-    limiter = RateLimiter(3, clock)
+    limits = limiter(3, clock)
     for _ in range(3):
-        limiter.check("k")
-    clock.t += 180
-    assert [limiter.check("k") for _ in range(3)] == [None] * 3
+        await limits.check_api("acme", "k")
+    clock.t += 60
+    assert [await limits.check_api("acme", "k") for _ in range(3)] == [None] * 3

@@ -15,7 +15,7 @@ CALL_FIELDS = {
     "request_id", "started_at", "ended_at", "duration_ms", "status", "http_status", "org", "project",
     "agent", "station", "run", "issue", "actor", "retry_of", "endpoint", "provider", "model",
     "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
-    "cost_usd", "usage_source", "cost_nano", "upstream_model",
+    "cost_usd", "usage_source", "cost_nano", "upstream_model", "enforcement",
 }  # fmt: skip
 
 
@@ -44,6 +44,7 @@ async def test_call_shape_times_and_money(store: Store, make_record: RecordFacto
     assert call["cost_usd"] == 1.234567891 and call["cost_nano"] == 1_234_567_891
     assert call["started_at"] == "2026-05-01T12:00:00Z" and call["ended_at"] == "2026-05-01T12:00:01.250000Z"
     assert call["duration_ms"] == 1250 and call["actor"] == "human" and call["usage_source"] == "provider"
+    assert call["enforcement"] is None  # "bypassed" only when the ledger was down under on_unavailable: allow
     assert datetime.fromisoformat(str(call["started_at"])) == rec.started_at
 
 
