@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -134,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         result = uvloop.run(run(spec))
     out: dict[str, Any] = asdict(result)
+    # The event loop may leave stdout non-blocking: a result line over the pipe's 64 KiB would then be cut.
+    os.set_blocking(sys.stdout.fileno(), True)
     print(json.dumps(out), flush=True)
 
 

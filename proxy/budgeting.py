@@ -45,7 +45,7 @@ def build_engine(settings: Settings, ledger: Ledger) -> Engine:
 
 
 async def seed_from_store(ledger: Ledger, budgets: Sequence[Budget], store: Store, version: str,
-                          now: datetime | None = None) -> int:
+                          now: datetime | None = None, *, keep_live: bool = False) -> int:
     """Set every counter's spent to the store's total for its current window (SET keyed by `version`, never an
     increment: seeding twice, or from three replicas at once, gives the same totals). Returns counters set."""
     now = now or datetime.now(UTC)
@@ -55,7 +55,7 @@ async def seed_from_store(ledger: Ledger, budgets: Sequence[Budget], store: Stor
         for scope, spent in await counter_spend(store, budget, window):
             spec = CounterSpec(counter_key(budget.name, scope, window.id), budget.limit_nano,
                                counter_ttl_s(window, now))
-            seeded += await ledger.seed(spec, spent, version)
+            seeded += await ledger.seed(spec, spent, version, keep_live=keep_live)
     return seeded
 
 
@@ -83,17 +83,21 @@ class CounterSeeder:
         self.version: str | None = None  # the version of the last successful rebuild
         self._process_version = start_version()
         self._attempt: asyncio.Future[None] | None = None
+        self._generation = 0  # bumped by forget(): a rebuild that began before it does not count
 
     async def ensure(self, counters: Sequence[CounterSpec] = ()) -> None:
         """Return once counters are rebuilt (at once when they are); raise LedgerUnavailable when they cannot
         be (the ledger or the store is unreachable). Calls arriving during an attempt share its outcome, so a
         hung Redis costs each of them one attempt's time, not one each in turn."""
-        if self.ready:
-            return
-        if self._attempt is None:
-            self._attempt = asyncio.ensure_future(self._rebuild(counters))
-            self._attempt.add_done_callback(self._attempt_done)
-        await asyncio.shield(self._attempt)
+        for _ in range(3):  # an attempt overtaken by forget() (a reload mid-rebuild) is followed by a fresh one
+            if self.ready:
+                return
+            if self._attempt is None:
+                self._attempt = asyncio.ensure_future(self._rebuild(counters, self._generation))
+                self._attempt.add_done_callback(self._attempt_done)
+            await asyncio.shield(self._attempt)
+        if not self.ready:
+            raise LedgerUnavailable("budget counters are being rebuilt; retry shortly")
 
     def _attempt_done(self, attempt: asyncio.Future[None]) -> None:
         self._attempt = None
@@ -103,6 +107,7 @@ class CounterSeeder:
     def forget(self) -> None:
         """The counters must be rebuilt before the next admission (new budgets, or Redis forgot them)."""
         self.ready = False
+        self._generation += 1
 
     async def admit_again(self, exc: LedgerUnseeded, counters: Sequence[CounterSpec]) -> None:
         """A reservation met counters Redis forgot: rebuild them (once, whoever asks first)."""
@@ -115,7 +120,7 @@ class CounterSeeder:
         """The ledger's lifetime: the Redis run id (changes when Redis restarts), or this process's."""
         return await self.ledger.version() if isinstance(self.ledger, RedisLedger) else self._process_version
 
-    async def _rebuild(self, counters: Sequence[CounterSpec]) -> None:
+    async def _rebuild(self, counters: Sequence[CounterSpec], generation: int) -> None:
         if self.writer is not None:
             try:  # every row journaled so far is in the store first, so the rebuild counts it
                 await asyncio.wait_for(self.writer.flush(), self.FLUSH_TIMEOUT_S)
@@ -124,7 +129,10 @@ class CounterSeeder:
         ledger = self.ledger
         version = await self.current_version()
         try:
-            seeded = await seed_from_store(self.ledger, self.budgets(), self.store, version)
+            # A memory ledger seeded before in this process, or a Redis whose slot marker names this version,
+            # keeps its live counters: only counters it does not hold yet (new budgets) are set from the store.
+            keep_live = isinstance(ledger, RedisLedger) or self.version == version
+            seeded = await seed_from_store(self.ledger, self.budgets(), self.store, version, keep_live=keep_live)
         except LedgerUnavailable:
             raise
         except Exception as exc:  # the store is down: without its totals no counter can be trusted
@@ -132,7 +140,8 @@ class CounterSeeder:
                                     f"({type(exc).__name__})") from None
         if isinstance(ledger, RedisLedger):
             await ledger.mark_seeded(version, counters)
-        self.version, self.ready = version, True
+        self.version = version
+        self.ready = generation == self._generation
         log.info("budget counters rebuilt from the store", extra={"counters": seeded, "version": version})
 
 

@@ -107,22 +107,31 @@ class Call:
 
     async def record(self, row: CallRecord, *, final: bool = True) -> None:
         """Journal the row, then (for the call's last attempt) settle its reservation to the row's cost:
-        0 for a call that failed, the prompt and what was generated for one cut short."""
+        0 for a call that failed, the prompt and what was generated for one cut short.
+
+        Shielded as one task: a request task cancelled at any point of this (a hang-up, a shutdown) still gets
+        its row journaled, its tokens charged and its spend booked; the caller hears the cancellation after.
+        The task runs outside this call's context: the journal may start its long-lived group-commit task from
+        it, and that task's log lines must not carry this call's request id."""
         self.services.metrics.call(row, self.deployment)
-        # Shielded: a cancelled request task must still get its row into the journal and its spend booked.
-        # The write runs outside this call's context: the journal may start its long-lived group-commit task
-        # from it, and that task's log lines must not carry this call's request id.
-        write = asyncio.get_running_loop().create_task(self.services.writer.record(row),
-                                                       context=contextvars.Context())
+        booking = asyncio.get_running_loop().create_task(self._book(row, final), context=contextvars.Context())
+        await asyncio.shield(booking)
+
+    async def _book(self, row: CallRecord, final: bool) -> None:
         try:
-            await asyncio.shield(write)
+            await self.services.writer.record(row)
         except JournalError as exc:
             # The row is still queued for SQL; only its crash-safety is lost. The call itself succeeded.
             log.error("journal append failed", extra={"request_id": row.request_id, "error": str(exc)})
+        steps = []
         tokens = row.input_tokens + row.output_tokens
         if self.tpm is not None and tokens:
             # Awaited, so the key's next call already sees the debt. Never raises (the row is stored).
             a = self.attribution
-            await asyncio.shield(self.services.limiter.charge(a.org, a.key, self.tpm, tokens))
+            steps.append(self.services.limiter.charge(a.org, a.key, self.tpm, tokens))
         if final and self.admission is not None:
-            await asyncio.shield(self.services.settle(self.admission, row.cost_nano))
+            steps.append(self.services.settle(self.admission, row.cost_nano))
+        if len(steps) == 1:
+            await steps[0]
+        elif steps:
+            await asyncio.gather(*steps)

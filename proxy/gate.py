@@ -45,13 +45,13 @@ async def gate(call: Call, raw: bytes, chain: tuple[Deployment, ...], approval_i
         try:
             if not services.seeder.ready:  # counters not (re)built from the store yet: never admit against 0
                 await services.seeder.ensure(_specs(services, tags))
-            try:
-                return await services.engine.admit(tags, worst.nano, call.request_id, worst.clamp,
-                                                   on_hold=on_hold)
-            except LedgerUnseeded as forgot:  # Redis restarted empty: rebuild, then decide on real totals
-                await services.seeder.admit_again(forgot, _specs(services, tags))
-                return await services.engine.admit(tags, worst.nano, call.request_id, worst.clamp,
-                                                   on_hold=on_hold)
+            for _ in range(3):  # Redis restarted empty (or, in cluster mode, a slot not marked yet): rebuild
+                try:
+                    return await services.engine.admit(tags, worst.nano, call.request_id, worst.clamp,
+                                                       on_hold=on_hold)
+                except LedgerUnseeded as forgot:
+                    await services.seeder.admit_again(forgot, _specs(services, tags))
+            raise LedgerUnavailable("the budget ledger keeps forgetting its counters")
         finally:
             services.metrics.ledger("admit", perf_counter() - started)
 

@@ -235,6 +235,7 @@ if fp then
 end
 if redis.call('SET', KEYS[1], ARGV[2] .. ' ' .. ARGV[1], 'NX', 'PX', ARGV[3]) then return {'claimed'} end
 local held = redis.call('GET', KEYS[1])
+if held == ARGV[2] .. ' ' .. ARGV[1] then return {'claimed'} end  -- our own claim again (a retried command)
 return {'busy', string.sub(held, string.find(held, ' ', 1, true) + 1)}
 """
 _MINE = "local held = redis.call('GET', KEYS[1])\nlocal mine = held and string.sub(held, 1, #ARGV[1] + 1) == ARGV[1] .. ' '\n"

@@ -68,15 +68,22 @@ async def _handle(request: Request, endpoint: Endpoint, headers: dict[str, str])
             status = err.status
             return error_response(err, family, request_id)
         query = request.scope.get("query_string", b"").decode("latin-1")
+        hangup = _Hangup(request)
         try:
-            with _cancelled_on_hangup(request):
-                call, response = await _forward(call, chain, query, headers, family)
+            call, response = await _forward(call, chain, query, headers, family, hangup)
+        except asyncio.CancelledError:
+            if not hangup.absorb():
+                raise
+            status = 499  # the client went away before an answer; its cancelled row is recorded
+            return Response(status_code=499)
         except Exception:
             # A failure no path above expected: give the reservation back now rather than at its expiry.
             if call.admission is not None:
                 with contextlib.suppress(Exception):  # the original failure is the one to report
                     await asyncio.shield(_release(services, call.admission))
             raise
+        finally:
+            hangup.close()
         if isinstance(response, MeteredStream):
             # The stream records its row, its metrics and the end of the call when it ends.
             response.started, response.on_done = started, services.end_call
@@ -94,24 +101,49 @@ async def _handle(request: Request, endpoint: Endpoint, headers: dict[str, str])
                                      perf_counter() - started)
 
 
-@contextlib.contextmanager
-def _cancelled_on_hangup(request: Request) -> Iterator[None]:
-    """While the provider is asked, a client that hangs up cancels this task (DESIGN, Disconnects): the upstream
-    call is aborted at once and recorded as cancelled, instead of running on until the provider answers or the
-    read timeout ends it, with its reservation held all along."""
-    task = asyncio.current_task()
-    assert task is not None
+class _Hangup:
+    """A client that hangs up while its call waits on the provider cancels that wait (DESIGN, Disconnects): the
+    upstream call is aborted at once and recorded as cancelled (its prompt charged), instead of running on
+    until the provider answers or the read timeout ends it, with its reservation held all along.
 
-    async def watch() -> None:
+    Only the waits on the provider are cancelled (`waiting()`): a cancellation anywhere else (say between a
+    reserve and its bookkeeping) could leave a reservation open. Once the row is recorded, `absorb()` turns the
+    cancellation into a quiet 499 instead of an exception uvicorn would log as an application error."""
+
+    __slots__ = ("task", "armed", "fired", "_watcher")
+
+    def __init__(self, request: Request) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.task, self.armed, self.fired = task, False, False
+        self._watcher = asyncio.ensure_future(self._watch(request))
+
+    async def _watch(self, request: Request) -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
-        task.cancel()
+        self.fired = True
+        if self.armed:
+            self.task.cancel()
 
-    watcher = asyncio.ensure_future(watch())
-    try:
-        yield
-    finally:
-        watcher.cancel()
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        if self.fired:  # gone already: the next await is cancelled
+            self.task.cancel()
+        self.armed = True
+        try:
+            yield
+        finally:
+            self.armed = False
+
+    def absorb(self) -> bool:
+        """True (and the cancellation undone) if this hang-up caused the task's cancellation."""
+        if self.fired and self.task.cancelling():
+            self.task.uncancel()
+            return True
+        return False
+
+    def close(self) -> None:
+        self._watcher.cancel()
 
 
 async def _release(services: Services, admission: Admission) -> None:
@@ -194,7 +226,7 @@ def _retryable(status: int) -> bool:
 
 
 async def _forward(call: Call, chain: tuple[Deployment, ...], query: str, headers: dict[str, str],
-                   family: Family) -> tuple[Call, Response | MeteredStream]:
+                   family: Family, hangup: _Hangup) -> tuple[Call, Response | MeteredStream]:
     """Try the chain in order; every failed attempt is its own row, and the next one records `retry_of`.
     Returns the last attempt and its answer."""
     forwarded = forwarded_headers(headers)
@@ -219,7 +251,8 @@ async def _forward(call: Call, chain: tuple[Deployment, ...], query: str, header
             query=query, headers=forwarded, request_id=call.request_id,
         )
         try:
-            resp = await upstream.open(upstream_request)
+            with hangup.waiting():
+                resp = await upstream.open(upstream_request)
         except ProxyError as err:
             retry = not last and _retryable(err.status)
             await call.record(call.row(status="error", http_status=err.status, usage=None, source="provider",
@@ -237,7 +270,7 @@ async def _forward(call: Call, chain: tuple[Deployment, ...], query: str, header
         # A provider that answers a stream request with plain JSON (some ignore `stream`) is read whole.
         is_sse = resp.headers.get("content-type", "").startswith("text/event-stream")
         if resp.status >= 400 or not call.stream or not is_sse:
-            return call, await _finish_whole(call, resp, ours, family)
+            return call, await _finish_whole(call, resp, ours, family, hangup)
         return call, MeteredStream(call, resp, ours)
     raise AssertionError("unreachable: the chain is never empty")
 
@@ -258,9 +291,10 @@ async def _discard(call: Call, resp: Any) -> None:
                       final=False)  # the reservation carries over to the next attempt
 
 
-async def _finish_whole(call: Call, resp: Any, ours: dict[str, str], family: Family) -> Response:
+async def _finish_whole(call: Call, resp: Any, ours: dict[str, str], family: Family, hangup: _Hangup) -> Response:
     try:
-        body = await resp.read()
+        with hangup.waiting():
+            body = await resp.read()
     except asyncio.CancelledError:
         await call.record(await call.cancelled_row("cancelled while the provider was answering"))
         raise

@@ -113,8 +113,12 @@ class Ledger(Protocol):
         """Current totals of `counters` (expired reservations purged first)."""
         ...
 
-    async def seed(self, counter: CounterSpec, spent_nano: int, version: str) -> bool:
-        """SET `spent` to the store's total unless already seeded with `version`; True if it applied."""
+    async def seed(self, counter: CounterSpec, spent_nano: int, version: str, *, keep_live: bool = False) -> bool:
+        """SET `spent` to the store's total unless already seeded with `version`; True if it applied.
+
+        `keep_live`: leave a counter that already exists as it is when this ledger's lifetime was seeded before
+        (Redis: its slot's seeded marker names `version`; memory: the caller says so by passing it): it has
+        counted every settle since it was created, including spend the store does not hold yet."""
         ...
 
     async def ping(self) -> bool:

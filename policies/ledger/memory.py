@@ -126,9 +126,11 @@ class MemoryLedger:
     async def states(self, counters: Sequence[CounterSpec]) -> list[CounterState]:
         return list(self._states(counters, self._clock()))
 
-    async def seed(self, counter: CounterSpec, spent_nano: int, version: str) -> bool:
+    async def seed(self, counter: CounterSpec, spent_nano: int, version: str, *, keep_live: bool = False) -> bool:
         check_amount("spent_nano", spent_nano)
         now = self._clock()
+        if keep_live and counter.key in self._counters:  # (the caller seeded this process's ledger before)
+            return False
         if self._counter(counter.key, now).seed_version == version:
             return False
         c = self._write(counter, now)

@@ -184,10 +184,10 @@ class RedisLedger:
         self._reservation_key("", counters)  # validates the counters (duplicates, cluster slots)
         return list(_states(counters, await self._run("states", self._keys(counters), [])))
 
-    async def seed(self, counter: CounterSpec, spent_nano: int, version: str) -> bool:
+    async def seed(self, counter: CounterSpec, spent_nano: int, version: str, *, keep_live: bool = False) -> bool:
         check_amount("spent_nano", spent_nano)
-        args: list[str | int] = [spent_nano, version, counter.ttl_s]
-        return bool(int(await self._run("seed", self._keys([counter]), args)))
+        args: list[str | int] = [spent_nano, version, counter.ttl_s, int(keep_live)]
+        return bool(int(await self._run("seed", [*self._keys([counter]), self._seeded_key([counter])], args)))
 
     async def mark_seeded(self, version: str, counters: Sequence[CounterSpec] = ()) -> None:
         """Record that counters were rebuilt from the store under `version`: for the whole Redis, or in cluster

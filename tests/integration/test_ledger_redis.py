@@ -108,6 +108,30 @@ async def test_seed_is_set_per_version_and_force_goes_over(ledger: Ledger) -> No
     assert await totals(ledger, ORG) == [(100, 700)]
 
 
+async def test_a_later_rebuild_keeps_live_counters(ledger: Ledger) -> None:
+    """A counter born after the lifetime's first rebuild (a new window, a new scope) has counted every settle,
+    some not in the store yet: a later rebuild (a reload, another replica starting) must not set it back."""
+    if isinstance(ledger, RedisLedger):
+        await ledger.mark_seeded("v1", [ORG])  # this Redis lifetime was rebuilt (the marker names v1)
+    assert (await ledger.reserve("a", [ORG], 100, 30)).ok
+    await ledger.settle("a", [ORG], 60)  # live spend the store may not hold yet
+    assert not await ledger.seed(ORG, 10, "v1", keep_live=True)
+    assert await totals(ledger, ORG) == [(60, 0)]
+    assert await ledger.seed(RUN, 25, "v1", keep_live=True)  # a counter it does not hold: set from the store
+    assert await totals(ledger, RUN) == [(25, 0)]
+    assert await ledger.seed(ORG, 10, "v2")  # a new lifetime (Redis restarted): the store's total wins
+    assert await totals(ledger, ORG) == [(10, 0)]
+
+
+@pytest.mark.redis
+async def test_keep_live_needs_the_lifetime_marker(redis_url: str, redis_prefix: str) -> None:
+    ledger = RedisLedger(redis_url, prefix=redis_prefix)
+    await ledger.settle("a", [ORG], 60)  # a settle on a Redis that restarted empty, before any rebuild
+    assert await ledger.seed(ORG, 500, "v9", keep_live=True)  # no marker for v9: the store's total is set
+    assert await totals(ledger, ORG) == [(500, 0)]
+    await ledger.aclose()
+
+
 async def test_invalid_amounts_and_duplicates(ledger: Ledger) -> None:
     with pytest.raises(InvalidCounters):
         await ledger.reserve("a", [ORG, ORG], 1, 30)

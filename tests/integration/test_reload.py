@@ -57,3 +57,30 @@ def test_edits_apply_live_and_bad_edits_are_refused(upstream: FakeUpstream, tmp_
         path.write_text(broken)
         until(lambda: any("config edit refused" in r.getMessage() for r in caplog.records))
         assert call(proxy, new_key) == 200  # the last good config is still in force
+
+
+def test_a_budget_added_live_starts_from_the_stores_spend(upstream: FakeUpstream, tmp_path: Path,
+                                                         closed_port: int) -> None:
+    """A budget added by an edit counts what its window already spent (from the store), not from 0; the
+    counters of budgets already running keep their live totals."""
+    data = settings_data(upstream, tmp_path, closed_port,
+                         budgets=[{"name": "cap", "scope": {"org": "acme"}, "window": "day", "limit_usd": 1}])
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    auth = {"authorization": f"Bearer {ADMIN}"}
+
+    def spent() -> dict[str, float]:
+        r = httpx.get(proxy.url + "/api/budgets", headers=auth, timeout=10)
+        return {b["name"]: b["spent_usd"] for b in r.json()["budgets"]}
+
+    with Proxy(load_settings(path), config_path=path) as proxy:
+        for _ in range(3):
+            assert call(proxy) == 200
+        before = spent()["cap"]
+        assert before > 0
+        data["budgets"].append({"name": "added", "scope": {"org": "acme"}, "window": "day", "limit_usd": 2})
+        path.write_text(yaml.safe_dump(data))
+        until(lambda: "added" in spent())
+        assert call(proxy) == 200  # the first admission after the edit rebuilds the new budget's counter
+        now = spent()
+        assert now["added"] == now["cap"] > before  # the new counter holds the day's spend, the old kept its own
