@@ -1,4 +1,5 @@
-"""Three proxy processes on one Redis ledger and one PostgreSQL store hold one cap together."""
+"""Three proxy processes on one Redis ledger and one PostgreSQL store hold one cap together, and its threshold
+and exceeded webhooks reach the receiver once each, however many replicas saw them crossed."""
 
 from __future__ import annotations
 
@@ -11,10 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 import yaml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-from tests.fakes.servers import free_port
+from policies.webhooks import secret_bytes, verify
+from tests.fakes.servers import ThreadedServer, free_port
 from tests.fakes.upstream import ANTHROPIC_KEY, OPENAI_KEY, FakeUpstream
 from tests.harness import ADMIN, settings_data
 from tests.pg import fresh_pg_database, service_unavailable
@@ -22,6 +29,7 @@ from tests.redis_helpers import PrivateRedis
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
 ROOT = Path(__file__).resolve().parents[2]
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 BODY = {"model": "fake-out30-slow50", "messages": [{"role": "user", "content": "Plan the next sprint."}],
         "max_tokens": 30}
 
@@ -39,16 +47,27 @@ def pg_database() -> Iterator[str]:
 def test_three_replicas_share_one_cap(upstream: FakeUpstream, tmp_path: Path, closed_port: int,
                                       pg_database: str) -> None:
     procs: list[subprocess.Popen[bytes]] = []
-    with PrivateRedis(tmp_path) as redis:
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    async def hook(request: Request) -> Response:
+        received.append((dict(request.headers), await request.body()))
+        return Response(status_code=204)
+
+    with PrivateRedis(tmp_path) as redis, ThreadedServer(Starlette(routes=[Route("/hook", hook,
+                                                                             methods=["POST"])])) as receiver:
         urls = []
-        env = {**os.environ, "SG_TEST_OPENAI_KEY": OPENAI_KEY, "SG_TEST_ANTHROPIC_KEY": ANTHROPIC_KEY}
+        env = {**os.environ, "SG_TEST_OPENAI_KEY": OPENAI_KEY, "SG_TEST_ANTHROPIC_KEY": ANTHROPIC_KEY,
+               "SG_TEST_WEBHOOK_SECRET": SECRET}
         try:
             for i in range(3):
                 port = free_port()
                 data = settings_data(upstream, tmp_path, closed_port, store_url=pg_database,
                                      ledger={"url": redis.url},
                                      budgets=[{"name": "cap", "scope": {"org": "acme"}, "window": "day",
-                                               "limit_usd": 0.001}])
+                                               "limit_usd": 0.001, "alerts": [{"at_pct": 50, "action": "webhook"}]}],
+                                     webhooks=[{"name": "ops", "url": receiver.url + "/hook",
+                                                "secret": "env:SG_TEST_WEBHOOK_SECRET",
+                                                "allow_private_network": True}])
                 data["server"] = {"port": port, "log_level": "warning"}
                 data["store"]["journal_path"] = str(tmp_path / f"replica{i}.journal")
                 config = tmp_path / f"replica{i}.yaml"
@@ -82,6 +101,13 @@ def test_three_replicas_share_one_cap(upstream: FakeUpstream, tmp_path: Path, cl
                     time.sleep(0.2)
             assert len(ok) == statuses.count(200)
             assert sum(r["cost_nano"] for r in ok) == spent  # ledger and store agree
+            deadline = time.monotonic() + 15
+            while len(received) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(1.5)  # a duplicate from another replica's dispatcher would arrive by now
+            types = sorted(orjson.loads(body)["type"] for _, body in received)
+            assert types == ["budget.exceeded", "budget.threshold"], types  # once each across three replicas
+            assert all(verify(secret_bytes(SECRET), headers, body) for headers, body in received)
         finally:
             for p in procs:
                 p.terminate()
