@@ -113,6 +113,18 @@ class BudgetConfig(BaseModel):
         return self
 
 
+def env_value(ref: str) -> str | None:
+    """The value of the environment variable a `env:NAME` reference names (ValueError if it is unset or
+    empty); None if `ref` is not such a reference."""
+    match = _ENV_REF.match(ref)
+    if not match:
+        return None
+    value = os.environ.get(match.group(1))
+    if not value:
+        raise ValueError(f"environment variable {match.group(1)} is not set")
+    return value
+
+
 class LedgerConfig(BaseModel):
     """The `ledger:` section: where counters live and what to do when that store is unreachable."""
 
@@ -124,6 +136,12 @@ class LedgerConfig(BaseModel):
     # Each Redis command's connect / read timeout (one retry after a dropped connection): an unreachable
     # or hung Redis is reported, and the call refused, within about twice this.
     timeout_s: float = Field(0.4, gt=0, le=30)
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _url_from_env(cls, v: Any) -> Any:
+        """`url: env:REDIS_URL` keeps a password out of the file."""
+        return env_value(v) or v if isinstance(v, str) else v
 
     @field_validator("url")
     @classmethod
@@ -203,13 +221,10 @@ class WebhookConfig(BaseModel):
     def _secret_ref(cls, v: Any) -> Any:
         if isinstance(v, SecretStr):
             return v
-        match = _ENV_REF.match(str(v))
-        if not match:
+        value = env_value(str(v))
+        if value is None:
             # Never echo the value: it may be the pasted secret itself.
             raise ValueError("secrets are given by reference only, e.g. `env:WEBHOOK_SECRET`")
-        value = os.environ.get(match.group(1))
-        if not value:
-            raise ValueError(f"environment variable {match.group(1)} is not set")
         return SecretStr(value)
 
     @field_validator("events")

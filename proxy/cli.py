@@ -72,7 +72,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings, catalog=catalog, config_path=path)  # the catalog is built once
     # SIGTERM drains: new calls get 503 while those in flight finish and are recorded (proxy/server.py).
     return serve(app, host=args.host or settings.server.host, port=args.port or settings.server.port,
-                 max_header_bytes=settings.server.max_header_bytes, drain_timeout_s=settings.server.drain_timeout_s)
+                 max_header_bytes=settings.server.max_header_bytes, drain_timeout_s=settings.server.drain_timeout_s,
+                 drain_delay_s=settings.server.drain_delay_s)
 
 
 def cmd_webhook_test(args: argparse.Namespace) -> int:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from time import perf_counter
 
@@ -21,8 +24,11 @@ from proxy.upstreams.base import Deployment
 log = logging.getLogger(__name__)
 
 
-async def gate(call: Call, raw: bytes, chain: tuple[Deployment, ...], approval_id: str | None) -> bool:
-    """Admit the call against every budget it matches; True if the body was changed (max tokens written)."""
+async def gate(call: Call, raw: bytes, chain: tuple[Deployment, ...], approval_id: str | None,
+               while_held: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext) -> bool:
+    """Admit the call against every budget it matches; True if the body was changed (max tokens written).
+    `while_held` wraps the wait for an admin's approval (the proxy cancels it when the client hangs up: a held
+    call holds no reservation, so nothing is left behind)."""
     services, body, who = call.services, call.body, call.attribution
     # The model the client asked for (the body may already name a deployment's upstream model on a fallback),
     # and the provider of the deployment about to be tried.
@@ -66,7 +72,8 @@ async def gate(call: Call, raw: bytes, chain: tuple[Deployment, ...], approval_i
             decision, call.admission = await admit(hold)
         if isinstance(decision, Held) and services.approvals.wait_seconds > 0:
             # Held until an admin decides (or the wait ends); approved: admission runs again, with the grant.
-            status = await services.approvals.wait(decision.approval_id)
+            with while_held():
+                status = await services.approvals.wait(decision.approval_id)
             if status in ("denied", "expired"):
                 services.metrics.decision(decision.counter.budget.name, "denied")
                 raise _denied(decision.approval_id, status)

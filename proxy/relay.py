@@ -60,30 +60,24 @@ async def _handle(request: Request, endpoint: Endpoint, headers: dict[str, str])
     call: Call | None = None
     status = 500  # an exception nobody expected: the app's handler answers 500
     handed_off = False
+    hangup: _Hangup | None = None
     try:
         try:
             call, chain, raw, changed = await _begin(services, request, headers, endpoint, request_id)
-            await _admit(call, chain, raw, changed, headers)
+            hangup = _Hangup(request)  # after the body is read: from here on, receive() only tells of a hang-up
+            await _admit(call, chain, raw, changed, headers, hangup)
         except ProxyError as err:
             status = err.status
             return error_response(err, family, request_id)
         query = request.scope.get("query_string", b"").decode("latin-1")
-        hangup = _Hangup(request)
         try:
             call, response = await _forward(call, chain, query, headers, family, hangup)
-        except asyncio.CancelledError:
-            if not hangup.absorb():
-                raise
-            status = 499  # the client went away before an answer; its cancelled row is recorded
-            return Response(status_code=499)
         except Exception:
             # A failure no path above expected: give the reservation back now rather than at its expiry.
             if call.admission is not None:
                 with contextlib.suppress(Exception):  # the original failure is the one to report
                     await asyncio.shield(_release(services, call.admission))
             raise
-        finally:
-            hangup.close()
         if isinstance(response, MeteredStream):
             # The stream records its row, its metrics and the end of the call when it ends.
             response.started, response.on_done = started, services.end_call
@@ -92,9 +86,13 @@ async def _handle(request: Request, endpoint: Endpoint, headers: dict[str, str])
             status = response.status_code
         return response
     except asyncio.CancelledError:
-        status = 499  # the client went away before an answer
+        status = 499  # the client went away before an answer (its row is recorded)
+        if hangup is not None and hangup.absorb():
+            return Response(status_code=499)
         raise
     finally:
+        if hangup is not None:
+            hangup.close()
         if not handed_off:
             services.end_call()
             services.metrics.request(ENDPOINT_PATHS[endpoint], status, call.deployment if call else None,
@@ -191,14 +189,20 @@ async def _begin(services: Services, request: Request, headers: dict[str, str], 
 
 
 async def _admit(call: Call, chain: tuple[Deployment, ...], raw: bytes, changed: bool,
-                 headers: dict[str, str]) -> None:
+                 headers: dict[str, str], hangup: _Hangup) -> None:
     """The budget gate (a refusal is recorded as a row, then raised), then the body as it goes upstream."""
     if call.services.engine.budgets and call.endpoint != "count_tokens":  # counting tokens is free: no gate
         try:
-            changed = await gate(call, raw, chain, headers.get("x-spendgate-approval")) or changed
+            changed = await gate(call, raw, chain, headers.get("x-spendgate-approval"),
+                                 while_held=hangup.waiting) or changed
         except (BudgetExceeded, ApprovalRequired, ApprovalDenied) as refused:
             await call.record(call.row(status="refused", http_status=402, usage=None, source="provider",
                                        error=refused.code))
+            raise
+        except asyncio.CancelledError:
+            if hangup.fired:  # the client left while its call waited for an admin's approval
+                await call.record(call.row(status="cancelled", http_status=499, usage=None, source="provider",
+                                           error="the client left while the call waited for approval"))
             raise
     call.prepare(raw, changed)
 

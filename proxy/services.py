@@ -60,7 +60,8 @@ class Services:
     limiter: RateLimits = field(default_factory=lambda: RateLimits(MemoryRates()))
     metrics: Metrics = field(default_factory=Metrics)  # this app's Prometheus registry (GET /metrics)
     journal: Journal | None = None  # the writer's journal, for its pending count
-    draining: bool = False
+    draining: bool = False  # new calls are refused (503)
+    leaving: bool = False  # SIGTERM: /readyz is not ready (calls are still served during server.drain_delay_s)
     deferred_settles: list[tuple[Admission, int, str | None]] = field(default_factory=list)
     inflight: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)

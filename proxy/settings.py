@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,12 +17,12 @@ from policies.config import (
     WebhookConfig,
     check_budgets,
     check_webhooks,
+    env_value,
 )
 from pricing.catalog import PriceOverride
 from proxy.store.config import StoreConfig
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
-_ENV_REF = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9._:/*@+-]{1,128}$")
 _MAX_RPM = 1_000_000  # per-key rate limits: far above any real limit; GCRA intervals stay >= 60 us
@@ -52,6 +51,8 @@ class ServerConfig(BaseModel):
     # SIGTERM: how long calls in flight may run on before the server stops anyway (systemd's TimeoutStopSec
     # or Kubernetes' grace period must be longer: this plus about 55 s, see docs/deployment.md).
     drain_timeout_s: float = Field(30.0, gt=0, le=3600)
+    # SIGTERM: how long new calls are still served while /readyz already says not ready (0: refused at once).
+    drain_delay_s: float = Field(0.0, ge=0, le=300)
     metrics_rate_limit_per_minute: int = Field(1000, ge=1)
     metrics_public: bool = False  # GET /metrics without a key from loopback / private addresses
     # Per-key rate limits for keys that set neither `rpm` nor `tpm` (None: unlimited).
@@ -114,13 +115,10 @@ class ModelConfig(BaseModel):
     def _secret_ref(cls, v: Any) -> Any:
         if v is None or isinstance(v, SecretStr):
             return v
-        match = _ENV_REF.match(str(v))
-        if not match:
+        value = env_value(str(v))
+        if value is None:
             # Never echo the value: it may be a pasted key.
             raise ValueError("secrets are given by reference only, e.g. `env:OPENAI_API_KEY`")
-        value = os.environ.get(match.group(1))
-        if not value:
-            raise ValueError(f"environment variable {match.group(1)} is not set")
         return SecretStr(value)
 
     @field_validator("api_base")

@@ -24,7 +24,7 @@ async def readyz(request: Request) -> Response:
     checks = {"store": False, "accepting": False}
     required = set(checks)
     if services is not None:
-        checks["accepting"] = not services.draining
+        checks["accepting"] = not (services.draining or services.leaving)
         checks["store"] = await services.store.ping()
         if services.engine.budgets:
             checks["ledger"] = await _ledger_ready(services)

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from policies.config import env_value
+
 SUPPORTED_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
 _FALLBACK_JOURNAL = "spendgate.journal"
 
@@ -25,6 +27,12 @@ class StoreConfig(BaseModel):
     batch_max: int = Field(default=500, ge=1, le=10_000)
     flush_interval_ms: int = Field(default=200, ge=1, le=60_000)
     fsync: bool = True
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _url_from_env(cls, value: Any) -> Any:
+        """`url: env:DATABASE_URL` keeps a password out of the file."""
+        return env_value(value) or value if isinstance(value, str) else value
 
     @field_validator("url")
     @classmethod

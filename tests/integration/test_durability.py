@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import yaml
 from sqlalchemy import text
 
 from proxy.app import load_config
@@ -244,5 +245,38 @@ def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(upstream: FakeUpstr
         check_completed(completed, stored)
         assert len(stored) == len(calls)  # the call refused during the drain left no row
         assert budget_state(proxy.url) == (sum(r["cost_nano"] for r in stored.values()), 0)
+    finally:
+        proxy.stop()
+
+
+def test_sigterm_with_a_drain_delay_serves_new_calls_until_the_balancer_noticed(
+        upstream: FakeUpstream, tmp_path: Path, closed_port: int) -> None:
+    """server.drain_delay_s: /readyz says not ready at once, but calls that still arrive in the delay (the load
+    balancer has not noticed yet) are served, not refused; after it, new calls get 503 and the process ends."""
+    proxy = ProxyProcess(upstream, tmp_path, closed_port, f"sqlite+aiosqlite:///{tmp_path / 'delay.db'}",
+                         flush_interval_ms=50)
+    data = yaml.safe_load(proxy.config.read_text())
+    data["server"]["drain_delay_s"] = 1.5
+    proxy.config.write_text(yaml.safe_dump(data))
+    proxy.start()
+    try:
+        body = {"model": "fake-in9-out2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+        auth = {"authorization": f"Bearer {ADMIN}"}
+        proxy.signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        time.sleep(0.2)
+        ready = httpx.get(proxy.url + "/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["accepting"] is False
+        served = httpx.post(proxy.url + "/v1/chat/completions", json=body, headers=auth, timeout=10)
+        assert served.status_code == 200 and time.monotonic() - signalled < 1.5
+        time.sleep(max(0.0, 1.8 - (time.monotonic() - signalled)))
+        try:
+            late = httpx.post(proxy.url + "/v1/chat/completions", json=body, headers=auth, timeout=10)
+            assert late.status_code == 503  # (or the socket is already closed, below)
+        except httpx.ConnectError:
+            pass
+        assert proxy.wait() == 0
+        proxy.start()
+        assert len(stored_calls(proxy.url)) == 1  # the call served in the delay was recorded
     finally:
         proxy.stop()

@@ -225,6 +225,20 @@ def test_a_store_url_password_is_never_echoed() -> None:
     assert "hunter2" not in line
 
 
+def test_store_and_ledger_urls_may_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SG_TEST_DB_URL", "postgresql+asyncpg://spend:pw-in-env@db.internal/spend")
+    monkeypatch.setenv("SG_TEST_REDIS_URL", "redis://:pw-in-env@redis.internal:6379/0")
+    settings = parse_settings("store: {url: 'env:SG_TEST_DB_URL'}\nledger: {url: 'env:SG_TEST_REDIS_URL'}\n")
+    assert settings.store.url.endswith("@db.internal/spend") and settings.ledger.url.startswith("redis://")
+    assert "pw-in-env" not in settings.store.redacted_url and "pw-in-env" not in settings.ledger.redacted_url
+    monkeypatch.setenv("SG_TEST_DB_URL", "mysql://user:pw-in-env@db.internal/spend")
+    monkeypatch.delenv("SG_TEST_REDIS_URL")
+    lines = errors("store: {url: 'env:SG_TEST_DB_URL'}\nledger: {url: 'env:SG_TEST_REDIS_URL'}\n")
+    assert lines == ["config.yaml:1 store.url: unsupported driver 'mysql'; use one of sqlite+aiosqlite, "
+                     "postgresql+asyncpg",
+                     "config.yaml:2 ledger.url: environment variable SG_TEST_REDIS_URL is not set"]
+
+
 def test_a_key_pasted_instead_of_its_hash_is_never_echoed() -> None:
     text = "keys:\n  - name: a\n    org: o\n    key_sha256: sg-THE-REAL-KEY-abcdef\n"
     (line,) = errors(text)
