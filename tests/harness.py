@@ -82,6 +82,12 @@ class Proxy:
     def client(self, key: str = ADMIN) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {key}"}, timeout=30)
 
+    def wait_written(self, timeout: float = 10.0) -> None:
+        services = getattr(self.server.app.state, "services", None)
+        deadline = time.monotonic() + timeout
+        while services is not None and services.writer.pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def call_row(self, request_id: str, key: str = ADMIN, timeout: float = 10.0) -> dict[str, Any]:
         """The stored row of a call, waiting for the batch writer to put it in SQL."""
         deadline = time.monotonic() + timeout
@@ -95,6 +101,9 @@ class Proxy:
                 time.sleep(0.02)
 
     def calls(self, key: str = ADMIN, **params: Any) -> list[dict[str, Any]]:
+        """GET /api/calls once every row already recorded is in SQL (a call's row is recorded before its
+        answer reaches the client; the batch writer puts it in SQL up to flush_interval_ms later)."""
+        self.wait_written()
         with self.client(key) as c:
             r = c.get("/api/calls", params=params)
             assert r.status_code == 200, r.text
