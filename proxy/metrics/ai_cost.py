@@ -5,7 +5,7 @@ calls read `usage` (index (org, started_at), newest first)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -41,6 +41,13 @@ async def monthly_summary(store: Store, org: str, project: str, budgets: Sequenc
         runs = await costliest_runs(conn, org, start, project, TOP_RUNS)
         pipelines = await pipeline_events(conn, org, [r.run for r in runs])
         limit, pct = await _budget(conn, org, project, budgets, now, orgless=orgless)
+    return {**month_figures(agents, runs, pipelines), "budgetLimit": limit, "budgetPct": pct}
+
+
+def month_figures(agents: Mapping[tuple[Any, ...], Totals], runs: Sequence[RunCost],
+                  pipelines: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """Totals, the per-agent breakdown and the costliest runs of a month: the part the monthly summary and
+    the dashboard's org summary share."""
     whole = sum(agents.values(), Totals())
     return {
         "totalCost": usd(whole.cost_nano),
@@ -49,8 +56,6 @@ async def monthly_summary(store: Store, org: str, project: str, budgets: Sequenc
         "agentBreakdown": [agent_entry(agent, t, whole) for (agent,), t in
                            sorted(agents.items(), key=lambda kv: (-kv[1].cost_nano, kv[0]))],
         "topRuns": [top_run(r, pipelines.get(r.run)) for r in runs],
-        "budgetLimit": limit,
-        "budgetPct": pct,
     }
 
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from policies.budgets import Budget
-from proxy.metrics.ai_cost import TOP_RUNS, TREND_MONTHS, agent_entry, pipeline_events, top_run
+from proxy.metrics.ai_cost import TOP_RUNS, TREND_MONTHS, month_figures, pipeline_events
 from proxy.metrics.cost_totals import Totals, ratio_pct, totals_by, usd
 from proxy.metrics.month_budgets import month_spend, org_budget
 from proxy.metrics.months import midnight, month_label, month_start, shift_months
@@ -33,17 +33,11 @@ async def org_summary(store: Store, org: str, budgets: Sequence[Budget], now: da
         pipelines = await pipeline_events(conn, org, [r.run for r in runs])
         chosen = org_budget(budgets, org, orgless=orgless)
         spent = await month_spend(conn, org, chosen.budget, now) if chosen else 0
-    whole = sum(agents.values(), Totals())
     per_month = {month_label(m): Totals() for m in months}
     for (day,), t in days.items():
         per_month[month_label(day.date())] += t
     return {
-        "totalCost": usd(whole.cost_nano),
-        "totalTokens": whole.tokens,
-        "totalJobs": whole.calls,
-        "agentBreakdown": [agent_entry(agent, t, whole) for (agent,), t in
-                           sorted(agents.items(), key=lambda kv: (-kv[1].cost_nano, kv[0]))],
-        "topRuns": [top_run(r, pipelines.get(r.run)) for r in runs],
+        **month_figures(agents, runs, pipelines),
         "budgetName": chosen.budget.name if chosen else None,
         "budgetLimit": usd(chosen.budget.limit_nano) if chosen else None,
         "budgetPct": ratio_pct(spent, chosen.budget.limit_nano) if chosen else None,
