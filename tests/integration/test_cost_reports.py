@@ -7,10 +7,8 @@ never by the code under test."""
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,12 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.store.config import StoreConfig
-from proxy.store.db import Store
-from proxy.store.records import CallRecord
 from tests.error_shapes import assert_seed_error
 from tests.fakes.upstream import FakeUpstream
 from tests.harness import ADMIN, AGENT, OTHER, ROOT, VIEWER, Proxy, make_settings
+from tests.spend_data import Spend, SpendData, insert
 
 pytestmark = pytest.mark.integration
 OPT = "/api/v1/admin/metrics/cost-optimization"
@@ -43,46 +39,8 @@ BUDGETS = [
 
 # --- what the reports should count ------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Spend:
-    """One call or event as the reports count it (nano-USD; `calls` is the jobs it adds)."""
-
-    ts: datetime
-    org: str
-    project: str
-    agent: str
-    provider: str
-    cost: int
-    calls: int = 1
-    errors: int = 0
-    inp: int = 0
-    out: int = 0
-    run: str = ""
-    retry: int = 0
-
-
-@dataclass
-class Data:
-    now: datetime
-    spends: list[Spend] = field(default_factory=list)
-    records: list[CallRecord] = field(default_factory=list)
-    events: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"acme": [], "globex": []})
-    seq: int = 0
-
-    def call(self, ts: datetime, cost: int, *, org: str = "acme", project: str = "web", agent: str = "coder",
-             provider: str = "openai", run: str = "", status: str = "ok", retry_of: str | None = None,
-             inp: int = 100, out: int = 20) -> str:
-        self.seq += 1
-        rid = f"{org}-call-{self.seq:05d}"
-        self.records.append(CallRecord(
-            request_id=rid, started_at=ts, ended_at=ts + timedelta(milliseconds=250), status=status,
-            http_status=200 if status == "ok" else 500, org=org, endpoint="/v1/chat/completions",
-            provider=provider, model="gpt-4o-mini", project=project or None, agent=agent or None,
-            run=run or None, retry_of=retry_of, input_tokens=inp, output_tokens=out, cost_nano=cost))
-        if status != "refused":
-            self.spends.append(Spend(ts, org, project, agent, provider, cost, 1, int(status == "error"), inp, out,
-                                     run, cost if retry_of else 0))
-        return rid
+class Data(SpendData):
+    """SpendData plus the events only the cost reports need."""
 
     def session(self, ts: datetime, cost_usd: float, *, agent: str, provider: str, project: str,
                 inp: int, out: int, run: str = "") -> None:
@@ -109,11 +67,6 @@ class Data:
         self.events["acme"].append({"id": f"p{self.seq}", "type": "pipeline.run", "ts": ts.isoformat(),
                                     "run": run, "project": "web", "name": "ci", "status": status,
                                     "trigger": trigger, "durationMs": 60_000})
-
-    def of(self, org: str = "acme", *, since: date | None = None, until: date | None = None,
-           project: str | None = None) -> list[Spend]:
-        return [s for s in self.spends if s.org == org and (since is None or s.ts.date() >= since)
-                and (until is None or s.ts.date() <= until) and (project is None or s.project == project)]
 
 
 def midnight(day: date) -> datetime:
@@ -169,21 +122,6 @@ def build(now: datetime) -> Data:
         day = first_of_month(today, back) + timedelta(days=14)
         d.call(midnight(day) + timedelta(hours=9), 1_000_000 * back, out=7 * back)
     return d
-
-
-def insert(store_url: str, data: Data, proxy: Proxy) -> None:
-    async def run() -> None:
-        store = await Store.open(StoreConfig(url=store_url))
-        try:
-            assert len(await store.insert_new_calls(data.records)) == len(data.records)
-        finally:
-            await store.close()
-    asyncio.run(run())
-    for org, key in (("acme", ADMIN), ("globex", OTHER)):
-        if data.events[org]:
-            with proxy.client(key) as c:
-                r = c.post("/api/factory/events", json={"events": data.events[org]})
-            assert r.status_code == 200 and r.json()["accepted"] == len(data.events[org]), r.text
 
 
 @pytest.fixture

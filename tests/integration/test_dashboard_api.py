@@ -5,10 +5,8 @@ through `POST /api/factory/events`; every expected figure is computed here from 
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -17,12 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.store.config import StoreConfig
-from proxy.store.db import Store
-from proxy.store.records import CallRecord
 from tests.error_shapes import assert_openai_error, assert_seed_error
 from tests.fakes.upstream import ANTHROPIC_KEY, OPENAI_KEY, FakeUpstream
 from tests.harness import ADMIN, AGENT, KEYS, OTHER, ROOT, VIEWER, Proxy, make_settings, rate
+from tests.spend_data import Spend, SpendData, insert
 
 pytestmark = pytest.mark.integration
 DAILY = "/api/factory/daily-spend"
@@ -111,52 +107,10 @@ def test_prices_lists_every_route_with_its_catalog_price_and_never_a_secret(any_
 
 # --- what the spend APIs should count --------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Spend:
-    ts: datetime
-    org: str
-    project: str
-    agent: str
-    provider: str
-    cost: int
-    jobs: int = 1
-    errors: int = 0
-    inp: int = 0
-    out: int = 0
-    run: str = ""
-
-
-@dataclass
-class Data:
-    now: datetime
-    spends: list[Spend] = field(default_factory=list)
-    records: list[CallRecord] = field(default_factory=list)
-    events: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"acme": [], "globex": []})
-
-    def call(self, ts: datetime, cost: int, *, org: str = "acme", project: str = "web", agent: str = "coder",
-             provider: str = "openai", status: str = "ok", run: str = "", inp: int = 100, out: int = 20) -> None:
-        rid = f"{org}-call-{len(self.records):05d}"
-        self.records.append(CallRecord(
-            request_id=rid, started_at=ts, ended_at=ts + timedelta(milliseconds=300), status=status,
-            http_status=200 if status == "ok" else 500, org=org, endpoint="/v1/chat/completions", provider=provider,
-            model="gpt-4o-mini", project=project or None, agent=agent or None, run=run or None,
-            input_tokens=inp, output_tokens=out, cost_nano=cost))
-        if status != "refused":  # refused calls never reached a provider: no rollup counts them
-            self.spends.append(Spend(ts, org, project, agent, provider, cost, 1, int(status == "error"), inp, out, run))
-
-    def event(self, ts: datetime, spend: Spend, **fields: Any) -> None:
-        org = spend.org
-        self.events[org].append({"id": f"e{sum(map(len, self.events.values()))}", "ts": ts.isoformat(), **fields})
-        self.spends.append(spend)
-
-    def of(self, org: str | None = "acme", since: date | None = None) -> list[Spend]:
-        return [s for s in self.spends if (org is None or s.org == org) and (since is None or s.ts.date() >= since)]
-
-
-def build(now: datetime) -> Data:
+def build(now: datetime) -> SpendData:
     """91 days of acme spend (the 90-day window and one day before it), a globex call on every tenth day,
     today's spend before now, a refused call, an unmetered session, a metered session and an execution."""
-    d = Data(now)
+    d = SpendData(now)
     today = now.date()
     for back in range(0, 92):
         day = today - timedelta(days=back)
@@ -185,23 +139,8 @@ def build(now: datetime) -> Data:
     return d
 
 
-def insert(store_url: str, data: Data, proxy: Proxy) -> None:
-    async def run() -> None:
-        store = await Store.open(StoreConfig(url=store_url))
-        try:
-            assert len(await store.insert_new_calls(data.records)) == len(data.records)
-        finally:
-            await store.close()
-    asyncio.run(run())
-    for org, key in (("acme", ADMIN), ("globex", OTHER)):
-        if data.events[org]:
-            r = httpx.post(proxy.url + "/api/factory/events", json={"events": data.events[org]},
-                           headers={"authorization": f"Bearer {key}"}, timeout=30)
-            assert r.status_code == 200 and r.json()["accepted"] == len(data.events[org]), r.text
-
-
 @pytest.fixture
-def spend_proxy(any_store_proxy: Proxy, store_url: str) -> tuple[Proxy, Data]:
+def spend_proxy(any_store_proxy: Proxy, store_url: str) -> tuple[Proxy, SpendData]:
     data = build(datetime.now(UTC))
     insert(store_url, data, any_store_proxy)
     return any_store_proxy, data
@@ -219,12 +158,12 @@ def expected_days(spends: list[Spend], today: date, days: int) -> list[dict[str,
             if s.cost:
                 providers[s.provider or "unattributed"] += s.cost
         out.append({"date": day.isoformat(), "cost": usd(sum(s.cost for s in of_day)),
-                    "tokens": sum(s.inp + s.out for s in of_day), "jobs": sum(s.jobs for s in of_day),
+                    "tokens": sum(s.inp + s.out for s in of_day), "jobs": sum(s.calls for s in of_day),
                     "byProvider": {p: usd(c) for p, c in providers.items()}})
     return out
 
 
-def test_daily_spend_has_every_day_of_the_window_by_provider(spend_proxy: tuple[Proxy, Data]) -> None:
+def test_daily_spend_has_every_day_of_the_window_by_provider(spend_proxy: tuple[Proxy, SpendData]) -> None:
     proxy, data = spend_proxy
     today = datetime.now(UTC).date()
     for days in (7, 14, 30, 90):
@@ -243,7 +182,7 @@ def test_daily_spend_has_every_day_of_the_window_by_provider(spend_proxy: tuple[
     assert any(d["byProvider"].get("unattributed") for d in get(proxy, f"{DAILY}?days=7").json()["days"])
 
 
-def test_daily_spend_orgs_roles_and_errors(spend_proxy: tuple[Proxy, Data]) -> None:
+def test_daily_spend_orgs_roles_and_errors(spend_proxy: tuple[Proxy, SpendData]) -> None:
     proxy, data = spend_proxy
     today = datetime.now(UTC).date()
     globex = get(proxy, f"{DAILY}?days=14", OTHER).json()["days"]
@@ -290,15 +229,15 @@ def test_org_summary_is_the_whole_org_this_month(upstream: FakeUpstream, tmp_pat
     month = data.of("acme", since=first)
     cost = sum(s.cost for s in month)
     assert (body["totalCost"], body["totalTokens"], body["totalJobs"]) == (
-        usd(cost), sum(s.inp + s.out for s in month), sum(s.jobs for s in month))
+        usd(cost), sum(s.inp + s.out for s in month), sum(s.calls for s in month))
     agents: dict[str, list[Spend]] = defaultdict(list)
     for s in month:
         agents[s.agent or "unattributed"].append(s)
-    want = sorted(({"agentType": a, "totalJobs": sum(s.jobs for s in ss), "cost": usd(sum(s.cost for s in ss)),
+    want = sorted(({"agentType": a, "totalJobs": sum(s.calls for s in ss), "cost": usd(sum(s.cost for s in ss)),
                     "pctOfTotal": round(sum(s.cost for s in ss) * 100 / cost, 2),
                     "inputTokens": sum(s.inp for s in ss), "outputTokens": sum(s.out for s in ss),
-                    "successRate": round((sum(s.jobs for s in ss) - sum(s.errors for s in ss)) * 100
-                                         / sum(s.jobs for s in ss), 2) if sum(s.jobs for s in ss) else None}
+                    "successRate": round((sum(s.calls for s in ss) - sum(s.errors for s in ss)) * 100
+                                         / sum(s.calls for s in ss), 2) if sum(s.calls for s in ss) else None}
                    for a, ss in agents.items()), key=lambda a: (-a["cost"], a["agentType"]))
     assert body["agentBreakdown"] == want
     # The org's month budget: named org beats "*"; web-month has a project dimension, so it is not the org's.
@@ -320,7 +259,7 @@ def test_org_summary_is_the_whole_org_this_month(upstream: FakeUpstream, tmp_pat
     for m in months:
         of_month = [s for s in data.of("acme") if (s.ts.year, s.ts.month) == (m.year, m.month)]
         trend.append({"month": f"{m:%Y-%m}", "cost": usd(sum(s.cost for s in of_month)),
-                      "totalTokens": sum(s.inp + s.out for s in of_month), "jobCount": sum(s.jobs for s in of_month)})
+                      "totalTokens": sum(s.inp + s.out for s in of_month), "jobCount": sum(s.calls for s in of_month)})
     assert body["monthlyTrend"] == trend
 
 
