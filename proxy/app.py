@@ -21,7 +21,7 @@ from pricing.errors import PricingError
 from pricing.tokens import TokenCounter
 from proxy.approvals import ApprovalDesk
 from proxy.auth import KeyRing
-from proxy.budgeting import Alerts, CounterSeeder, build_engine, open_ledger
+from proxy.budgeting import Alerts, CounterSeeder, build_engine, open_ledger, redis_client
 from proxy.errors import (
     MethodNotAllowed,
     NotFound,
@@ -107,9 +107,12 @@ async def _services(settings: Settings, catalog: Catalog) -> AsyncIterator[Servi
         await writer.start()
         stack.push_async_callback(writer.close, 15.0)  # SQL down at exit: the rest stays in the journal
         counter = TokenCounter()  # encodings load on first need (~100 MB for o200k + cl100k), off the loop
-        ledger = open_ledger(settings.ledger)
+        redis = redis_client(settings.ledger)  # one pool for counters, rate limits and idempotency answers
+        if redis is not None:
+            stack.push_async_callback(redis.aclose)  # closed after its users
+        ledger = open_ledger(settings.ledger, redis)
         stack.push_async_callback(ledger.aclose)
-        idempotency = open_store(settings.ledger)  # Idempotency-Key answers live where the ledger does
+        idempotency = open_store(settings.ledger, redis)  # Idempotency-Key answers live where the ledger does
         stack.push_async_callback(idempotency.aclose)
         engine = build_engine(settings, ledger)
         engine.budgets = await apply_limits(store, engine.budgets)  # runtime limits set with PUT .../limit
@@ -130,7 +133,7 @@ async def _services(settings: Settings, catalog: Catalog) -> AsyncIterator[Servi
                 log.error("budget counters not rebuilt at start; no call is admitted until they are",
                           extra={"error": str(exc)})
         metrics = Metrics()  # a registry per app: apps in one process never share series
-        limiter = open_rate_limits(settings, metrics)  # on the ledger's Redis when it has one
+        limiter = open_rate_limits(settings, metrics, redis)  # on the ledger's Redis when it has one
         stack.push_async_callback(limiter.aclose)
         services = Services(
             settings=settings, keys=KeyRing(settings.keys),

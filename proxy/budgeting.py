@@ -17,7 +17,7 @@ from policies.engine import Crossing, Engine
 from policies.errors import LedgerUnavailable, LedgerUnseeded
 from policies.ledger.base import CounterSpec, Ledger
 from policies.ledger.memory import MemoryLedger
-from policies.ledger.redis import RedisLedger
+from policies.ledger.redis import RedisClient, RedisLedger, connect
 from policies.windows import counter_ttl_s, window_of
 from pricing.money import nano_to_usd
 from proxy.settings import Settings
@@ -31,12 +31,23 @@ from proxy.webhooks import WebhookDispatcher
 log = logging.getLogger(__name__)
 
 
-def open_ledger(config: LedgerConfig) -> Ledger:
+def open_ledger(config: LedgerConfig, client: RedisClient | None = None) -> Ledger:
+    """The ledger the config names; a Redis one on `client` when given (the proxy's one Redis client, shared
+    with rate limits and Idempotency-Key, closed by its owner)."""
     if config.url.startswith("memory://"):
         return MemoryLedger()
     # guard: a reservation on counters this Redis never had rebuilt (it restarted empty) is refused, not made
     # against zeros; the seeder rebuilds them and admission resumes.
-    return RedisLedger(config.url, cluster=config.cluster, socket_timeout=config.timeout_s, guard=True)
+    return RedisLedger(config.url, cluster=config.cluster, socket_timeout=config.timeout_s, guard=True,
+                       client=client)
+
+
+def redis_client(config: LedgerConfig) -> RedisClient | None:
+    """One Redis client (one connection pool) for everything of a replica that lives in the ledger's Redis:
+    budget counters, rate limits, Idempotency-Key answers. None with a memory ledger."""
+    if config.url.startswith("memory://"):
+        return None
+    return connect(config.url, cluster=config.cluster, timeout_s=config.timeout_s)
 
 
 def build_engine(settings: Settings, ledger: Ledger) -> Engine:

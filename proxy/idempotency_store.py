@@ -17,7 +17,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from policies.config import LedgerConfig
-from policies.ledger.redis import connect
+from policies.ledger.redis import RedisClient, connect
 from proxy.upstreams.base import ENDPOINT_PATHS, Endpoint
 
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # an answer over this is not stored: the key is freed instead
@@ -92,11 +92,12 @@ class IdempotencyStore(Protocol):
     async def aclose(self) -> None: ...
 
 
-def open_store(config: LedgerConfig) -> IdempotencyStore:
-    """The store beside the budget ledger: the same Redis, or this process's memory."""
+def open_store(config: LedgerConfig, client: RedisClient | None = None) -> IdempotencyStore:
+    """The store beside the budget ledger: the same Redis (through `client`, the ledger's, when given), or
+    this process's memory."""
     if config.url.startswith("memory://"):
         return MemoryIdempotencyStore()
-    return RedisIdempotencyStore(config.url, cluster=config.cluster, socket_timeout=config.timeout_s)
+    return RedisIdempotencyStore(config.url, cluster=config.cluster, socket_timeout=config.timeout_s, client=client)
 
 
 def entry_key(org: str, key_name: str, value: str) -> str:
@@ -254,12 +255,15 @@ class RedisIdempotencyStore:
     """The store on the ledger's Redis (or Redis Cluster), shared by every replica; one Lua script per step."""
 
     def __init__(self, url: str, *, prefix: str = "", cluster: bool = False, socket_timeout: float = 1.0,
-                 max_connections: int = 64, max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
+                 max_connections: int = 64, max_response_bytes: int = MAX_RESPONSE_BYTES,
+                 client: RedisClient | None = None) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError("the key prefix must not contain '{' or '}' (it would change the hash slot)")
         self._prefix = prefix
         self.max_response_bytes = max_response_bytes
-        self._client = connect(url, cluster=cluster, timeout_s=socket_timeout, max_connections=max_connections)
+        self._owns_client = client is None  # a client given is the proxy's shared one, closed by its owner
+        self._client = client or connect(url, cluster=cluster, timeout_s=socket_timeout,
+                                         max_connections=max_connections)
         self._scripts = {name: self._client.register_script(text) for name, text in
                          (("claim", _CLAIM), ("renew", _RENEW), ("release", _RELEASE), ("complete", _COMPLETE))}
 
@@ -290,7 +294,8 @@ class RedisIdempotencyStore:
         return bool(await self._run("complete", key, args))
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._owns_client:
+            await self._client.aclose()
 
     async def _run(self, script: str, key: str, args: list[Any]) -> Any:
         base = self._prefix + key

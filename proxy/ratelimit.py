@@ -23,6 +23,7 @@ from policies.errors import LedgerUnavailable
 from proxy.errors import RateLimited, ServiceUnavailable
 
 if TYPE_CHECKING:
+    from policies.ledger.redis import RedisClient
     from proxy.prometheus import Metrics
     from proxy.settings import KeyConfig, Settings
 
@@ -313,8 +314,10 @@ class RateLimits:
         await self.store.aclose()
 
 
-def open_rate_limits(settings: Settings, metrics: Metrics | None = None) -> RateLimits:
-    """Limits on the ledger's Redis when it has one (shared by every replica), else in this process."""
+def open_rate_limits(settings: Settings, metrics: Metrics | None = None,
+                     client: RedisClient | None = None) -> RateLimits:
+    """Limits on the ledger's Redis when it has one (shared by every replica; through `client`, the ledger's,
+    when given), else in this process."""
     ledger, server = settings.ledger, settings.server
     store: RateStore
     if ledger.url.startswith("memory://"):
@@ -322,7 +325,7 @@ def open_rate_limits(settings: Settings, metrics: Metrics | None = None) -> Rate
     else:
         from proxy.ratelimit_redis import RedisRates  # redis-py only when configured
 
-        store = RedisRates(ledger.url, cluster=ledger.cluster, timeout_s=ledger.timeout_s)
+        store = RedisRates(ledger.url, cluster=ledger.cluster, timeout_s=ledger.timeout_s, client=client)
     return RateLimits(store, prefix=server.rate_limit_key_prefix,
                       api_per_minute=server.metrics_rate_limit_per_minute,
                       on_unavailable=ledger.on_unavailable, metrics=metrics)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from importlib import resources
 
-from policies.ledger.redis import connect, redis_errors
+from policies.ledger.redis import RedisClient, connect, redis_errors
 from proxy.ratelimit import Limit, Verdict
 
 _US = 1_000_000
@@ -23,10 +23,11 @@ class RedisRates:
     after a dropped connection can count a request twice at worst (it errs towards limiting)."""
 
     def __init__(self, url: str, *, cluster: bool = False, timeout_s: float = 0.4, max_connections: int = 64,
-                 pool_timeout_s: float = 5.0) -> None:
+                 pool_timeout_s: float = 5.0, client: RedisClient | None = None) -> None:
         self._url = url
-        self._client = connect(url, cluster=cluster, timeout_s=timeout_s, max_connections=max_connections,
-                               pool_timeout_s=pool_timeout_s)
+        self._owns_client = client is None  # a client given is the proxy's shared one, closed by its owner
+        self._client = client or connect(url, cluster=cluster, timeout_s=timeout_s, max_connections=max_connections,
+                                         pool_timeout_s=pool_timeout_s)
         self._admit = self._client.register_script(_script("admit"))
         self._charge = self._client.register_script(_script("charge"))
 
@@ -43,7 +44,8 @@ class RedisRates:
             await self._charge(keys=[tpm_key], args=[tpm, tokens])
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._owns_client:
+            await self._client.aclose()
 
     def _unavailable(self) -> contextlib.AbstractAsyncContextManager[None]:
         return redis_errors(self._url, "rate limit store")

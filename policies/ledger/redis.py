@@ -117,6 +117,7 @@ class RedisLedger:
         max_connections: int = 64,
         pool_timeout_s: float = 5.0,
         guard: bool = False,
+        client: RedisClient | None = None,
     ) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError("the key prefix must not contain '{' or '}' (it would change the hash slot)")
@@ -128,8 +129,10 @@ class RedisLedger:
         self._guard = guard
         self._marker_ms = _ms(marker_ttl_s)
         self._tags: dict[str, str] = {}
-        self._client = connect(url, cluster=cluster, timeout_s=socket_timeout, retries=retries,
-                               max_connections=max_connections, pool_timeout_s=pool_timeout_s)
+        # A client given is shared with the proxy's other Redis users (and closed by its owner, not here).
+        self._owns_client = client is None
+        self._client = client or connect(url, cluster=cluster, timeout_s=socket_timeout, retries=retries,
+                                         max_connections=max_connections, pool_timeout_s=pool_timeout_s)
         self._scripts = {name: self._client.register_script(_load_script(name)) for name in _OPERATIONS}
         self._queued: list[tuple[str, list[str], list[str | int], asyncio.Future[Any]]] = []
         self._flushes: set[asyncio.Task[None]] = set()
@@ -241,7 +244,8 @@ class RedisLedger:
         return "redis-" + "-".join(sorted(str(v.get("run_id")) for v in info.values()))  # cluster: per node
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._owns_client:
+            await self._client.aclose()
 
     # -- internals --------------------------------------------------------------------------------------
 
